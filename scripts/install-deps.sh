@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian and Python packages fliswarm, its test bed and its test suite need.
+# Safe to run again: it only installs what is missing. Needs root for apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS="docker.io docker-registry busybox-static iputils-ping iproute2 util-linux curl openssh-client"
+missing=""
+for pkg in $DEBS; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    echo "== apt-get install$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends $missing
+fi
+
+echo "== pip install -e .[dev]"
+python3 -m pip install -q -e '.[dev]'
