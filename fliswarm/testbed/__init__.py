@@ -1,0 +1,1 @@
+"""A real test bed for fliswarm: Docker nodes in network namespaces, flicamera, tron."""
