@@ -173,14 +173,14 @@ def format_error(error: ValidationError) -> tuple[str, str]:
         expected = schema.get("x-expected", f"a key matching {schema.get('pattern')!r}")
         return path, f"invalid key {describe(instance)}: expected {expected}"
     if validator == "required":
-        missing = [key for key in error.validator_value if key not in instance]  # type: ignore
+        missing = [key for key in error.validator_value if key not in instance]
         return path, f"missing required key {missing[0]!r}" if missing else error.message
     if validator == "type":
         return path, f"expected {_expected_type(schema)}, got {got}"
     if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return path, f"expected {_expected_number(schema)}, got {got}"
     if validator == "enum":
-        choices = ", ".join(repr(choice) for choice in error.validator_value)  # type: ignore
+        choices = ", ".join(repr(choice) for choice in error.validator_value)
         return path, f"expected one of {choices}, got {got}"
     if validator == "pattern":
         expected = schema.get("x-expected", f"a string matching {schema.get('pattern')!r}")
