@@ -1,0 +1,454 @@
+"""The connection to the flicamera actor of one node, and the relay of its replies.
+
+flicamera is a CLU ``JSONActor``: it receives ``"<command_id> <command string>\\n"`` and answers
+with one JSON object per line, ``{"header": {"command_id", "message_code", ...}, "data": {...}}``.
+`FlicameraDevice` sends sub-commands on behalf of a fliswarm command, relays every keyword it
+receives through the fliswarm actor with the node name prepended to its values, and tracks the
+real status of each sub-command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from fliswarm.tools import IDPool
+
+
+if TYPE_CHECKING:
+    from clu.command import BaseCommand
+
+
+__all__ = ["FlicameraDevice", "SubCommand", "relay_code", "DEFAULT_LINE_LIMIT"]
+
+log = logging.getLogger("fliswarm.device")
+
+#: Longest reply line accepted from flicamera (bytes); longer lines are dropped.
+DEFAULT_LINE_LIMIT = 1024 * 1024
+
+# flicamera's message code -> the code fliswarm writes. Final codes never reach the user as
+# such: the fliswarm command that relays them decides how it ends.
+_CODE_MAP = {">": "d", ":": "i", "f": "w", "e": "w", "!": "w", "i": "i", "w": "w", "d": "d"}
+_FINAL_OK = frozenset(":")
+_FINAL_FAILED = frozenset("f!")
+_ERROR_CODES = frozenset("fe!")
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+# Raw (JSON-escaped) sequences that need the slow, sanitising path: they would break the
+# line-based keyword format of the LegacyActor protocol.
+_UNSAFE = (b"\\n", b"\\r", b";", b"\\u")
+
+
+def relay_code(code: str) -> str:
+    """Returns the message code fliswarm writes for a flicamera message code."""
+
+    return _CODE_MAP[code]
+
+
+class SubCommand:
+    """A command sent to one flicamera actor on behalf of a fliswarm command.
+
+    Await `wait` (or the ``future``) for its end; it never raises.
+
+    Attributes
+    ----------
+    node
+        The node (and flicamera actor) name.
+    command_id
+        The id used on the flicamera connection.
+    command_string
+        What was sent.
+    ok
+        `True` if flicamera finished it with ``:``, `False` if it failed, was cut by a
+        connection loss or timed out, `None` while it runs.
+    error
+        Why it failed, or the last error text flicamera gave (``e`` replies).
+    filenames
+        Every file flicamera reported with the ``filename`` keyword, in order.
+    """
+
+    __slots__ = (
+        "node",
+        "command_id",
+        "command_string",
+        "parent",
+        "future",
+        "ok",
+        "error",
+        "filenames",
+    )
+
+    def __init__(
+        self, node: str, command_id: int, command_string: str, parent: BaseCommand | None
+    ):
+        self.node = node
+        self.command_id = command_id
+        self.command_string = command_string
+        self.parent = parent
+        self.future: asyncio.Future[SubCommand] = asyncio.get_running_loop().create_future()
+        self.ok: bool | None = None
+        self.error: str | None = None
+        self.filenames: list[str] = []
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+    def _finish(self, ok: bool, error: str | None = None) -> None:
+        if self.future.done():
+            return
+        self.ok = ok
+        if error is not None:
+            self.error = error
+        self.future.set_result(self)
+
+    async def wait(self, timeout: float | None = None) -> SubCommand:
+        """Waits until the sub-command ends, at most ``timeout`` seconds (then it fails)."""
+
+        try:
+            await asyncio.wait_for(asyncio.shield(self.future), timeout)
+        except asyncio.TimeoutError:
+            self._finish(False, f"no answer from {self.node} after {timeout:g} s.")
+        return self
+
+    def __repr__(self) -> str:
+        return f"<SubCommand {self.node}#{self.command_id} {self.command_string!r} ok={self.ok}>"
+
+
+def _sanitise(value: Any) -> Any:
+    """Makes string values safe for the keyword format (no line breaks, ``;`` quoted)."""
+
+    if isinstance(value, str):
+        if any(char in value for char in "\n\r;\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+            return json.dumps(" ".join(value.splitlines()))
+        return value
+    if isinstance(value, list):
+        return [_sanitise(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _sanitise(item) for key, item in value.items()}
+    return value
+
+
+def _error_text(name: str, data: dict[str, Any]) -> str | None:
+    """The error message of a failing flicamera reply (``error`` or ``text``)."""
+
+    value = data.get("error", data.get("text"))
+    if isinstance(value, dict):
+        value = value.get("error", value.get("message", value))
+    return f"{name}: {value}" if value is not None else None
+
+
+def _filename_of(value: Any) -> str | None:
+    """Extracts the path from a flicamera ``filename`` value (``{camera, filename}``)."""
+
+    if isinstance(value, dict):
+        value = value.get("filename")
+    elif isinstance(value, list) and value:
+        value = value[-1]
+    return value if isinstance(value, str) else None
+
+
+class FlicameraDevice:
+    """One TCP connection to the flicamera actor of a node.
+
+    Parameters
+    ----------
+    name
+        The node name, prepended to every relayed keyword value.
+    host
+        Where flicamera listens.
+    port
+        Its port.
+    actor
+        The fliswarm actor (anything with CLU's ``write(code, message, validate=...)``);
+        unsolicited flicamera messages are broadcast through it. May be `None`.
+    connect_timeout
+        Default time limit for `start`, in seconds.
+    line_limit
+        Longest reply line accepted, in bytes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        actor: Any = None,
+        connect_timeout: float = 5.0,
+        line_limit: int = DEFAULT_LINE_LIMIT,
+    ):
+        self.name = name
+        self.host = host
+        self.port = int(port)
+        self.actor = actor
+        self.connect_timeout = connect_timeout
+        self.line_limit = line_limit
+
+        self.id_pool = IDPool()
+        #: Running sub-commands by command id.
+        self.running: dict[int, SubCommand] = {}
+        # Ids of sub-commands that timed out: kept out of the pool until flicamera ends them
+        # (or the connection goes), so that a late reply is never taken for another command.
+        self._stale: set[int] = set()
+
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._listener: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+        self._stop_reason: str | None = None
+        #: Why the last connection attempt or connection ended, if it did.
+        self.last_error: str | None = None
+
+    def __repr__(self) -> str:
+        state = "connected" if self.is_connected() else "disconnected"
+        return f"<FlicameraDevice {self.name} {self.host}:{self.port} {state}>"
+
+    def is_connected(self) -> bool:
+        """Whether the connection is open and its reader is alive."""
+
+        return (
+            self._writer is not None
+            and not self._writer.is_closing()
+            and self._listener is not None
+            and not self._listener.done()
+        )
+
+    async def start(self, timeout: float | None = None) -> FlicameraDevice:
+        """Connects to flicamera. Does nothing if already connected.
+
+        Raises
+        ------
+        ConnectionError
+            If the connection is refused or not made within ``timeout`` seconds.
+        """
+
+        timeout = self.connect_timeout if timeout is None else timeout
+        async with self._lock:
+            if self.is_connected():
+                return self
+            await self._close("reconnecting")
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port, limit=self.line_limit),
+                    timeout,
+                )
+            except asyncio.TimeoutError:
+                self.last_error = f"connecting to {self.host}:{self.port} timed out."
+                raise ConnectionError(f"{self.name}: {self.last_error}") from None
+            except OSError as err:
+                self.last_error = f"cannot connect to {self.host}:{self.port}: {err}"
+                raise ConnectionError(f"{self.name}: {self.last_error}") from None
+            self._reader, self._writer = reader, writer
+            self.last_error = None
+            self._stop_reason = None
+            self._listener = asyncio.create_task(self._listen(reader))
+            log.debug("%s: connected to flicamera at %s:%s", self.name, self.host, self.port)
+        return self
+
+    async def stop(self) -> None:
+        """Closes the connection; pending sub-commands fail. Never raises."""
+
+        async with self._lock:
+            await self._close("the connection to flicamera was closed by fliswarm.")
+
+    async def restart(self, timeout: float | None = None) -> FlicameraDevice:
+        """Closes the connection if open, then connects again."""
+
+        await self.stop()
+        return await self.start(timeout)
+
+    async def _close(self, reason: str) -> None:
+        self._stop_reason = reason
+        listener, writer = self._listener, self._writer
+        self._listener = self._writer = self._reader = None
+        if listener is not None and not listener.done():
+            listener.cancel()
+            with contextlib.suppress(BaseException):
+                await listener
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+                await asyncio.wait_for(writer.wait_closed(), 2.0)
+        self._fail_all(reason)
+
+    def send(self, command_string: str, parent: BaseCommand | None = None) -> SubCommand:
+        """Sends a command to flicamera and returns its `SubCommand` at once.
+
+        Replies are written through ``parent`` (a CLU command of the fliswarm actor).
+
+        Raises
+        ------
+        ConnectionError
+            If the device is not connected.
+        ValueError
+            If the command is empty or contains a line break.
+        """
+
+        command_string = command_string.strip()
+        if not command_string or "\n" in command_string or "\r" in command_string:
+            raise ValueError(f"invalid flicamera command {command_string!r}.")
+        if not self.is_connected():
+            raise ConnectionError(f"{self.name}: flicamera is not connected.")
+        assert self._writer is not None
+
+        command_id = self.id_pool.get()
+        sub = SubCommand(self.name, command_id, command_string, parent)
+        self.running[command_id] = sub
+        try:
+            self._writer.write(f"{command_id} {command_string}\n".encode())
+        except Exception as err:
+            self._end(sub, False, f"{self.name}: failed sending the command: {err}")
+            raise ConnectionError(sub.error) from err
+        return sub
+
+    async def run(
+        self,
+        command_string: str,
+        parent: BaseCommand | None = None,
+        timeout: float | None = 30.0,
+    ) -> SubCommand:
+        """Sends a command and waits for its end, at most ``timeout`` seconds. Never raises
+        for flicamera or connection problems: check ``ok`` and ``error`` of the result."""
+
+        try:
+            sub = self.send(command_string, parent)
+        except ConnectionError as err:
+            sub = SubCommand(self.name, 0, command_string, parent)
+            sub._finish(False, str(err))
+            return sub
+        await sub.wait(timeout)
+        if self.running.get(sub.command_id) is sub:  # Timed out: quarantine its id.
+            del self.running[sub.command_id]
+            self._stale.add(sub.command_id)
+        return sub
+
+    def _end(self, sub: SubCommand, ok: bool, error: str | None = None) -> None:
+        if self.running.get(sub.command_id) is sub:
+            del self.running[sub.command_id]
+            self.id_pool.put(sub.command_id)
+        sub._finish(ok, error)
+
+    def _fail_all(self, reason: str) -> None:
+        """Fails every running sub-command and returns all ids to the pool."""
+
+        for sub in list(self.running.values()):
+            self._end(sub, False, f"{self.name}: {reason}")
+        for command_id in self._stale:
+            self.id_pool.put(command_id)
+        self._stale.clear()
+
+    async def _listen(self, reader: asyncio.StreamReader) -> None:
+        reason = "the connection to flicamera was closed by the remote end."
+        discarding = False
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as err:
+                    # Drop the start of a line that is too long, then its end.
+                    await reader.readexactly(err.consumed)
+                    if not discarding:
+                        log.warning("%s: dropped a reply line too long.", self.name)
+                    discarding = True
+                    continue
+                except asyncio.IncompleteReadError:
+                    break
+                if discarding:
+                    discarding = False
+                    continue
+                try:
+                    self.handle_line(line)
+                except Exception:
+                    log.exception("%s: failed relaying %r", self.name, line[:200])
+        except asyncio.CancelledError:
+            raise
+        except (OSError, asyncio.IncompleteReadError) as err:
+            reason = f"the connection to flicamera was lost ({err})."
+        finally:
+            if self._listener is asyncio.current_task():
+                # The connection ended by itself (not by stop()).
+                self.last_error = reason
+                self._fail_all(reason)
+                if self._writer is not None:
+                    self._writer.close()
+                log.warning("%s: %s", self.name, reason)
+                self._notify_lost(reason)
+
+    def _notify_lost(self, reason: str) -> None:
+        if self.actor is not None:
+            with contextlib.suppress(Exception):
+                self.actor.write("w", {"text": f"{self.name}: {reason}"}, validate=False)
+
+    def handle_line(self, line: bytes) -> None:
+        """Relays one flicamera reply line and updates the status of its sub-command."""
+
+        try:
+            message = json.loads(line)
+            header = message["header"]
+            code = header["message_code"]
+            command_id = header["command_id"]
+            data = message.get("data") or {}
+            out_code = _CODE_MAP[code]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("%s: dropped a malformed reply line %r", self.name, line[:200])
+            return
+        if data.__class__ is not dict:
+            log.warning("%s: dropped a reply with non-object data %r", self.name, line[:200])
+            return
+
+        sub: SubCommand | None = None
+        if command_id is not None and command_id != 0:
+            if command_id.__class__ is not int:
+                log.warning("%s: dropped a reply with a bad command id %r", self.name, line[:200])
+                return
+            sub = self.running.get(command_id)
+            if sub is None:
+                if command_id in self._stale and (code in _FINAL_OK or code in _FINAL_FAILED):
+                    self._stale.discard(command_id)
+                    self.id_pool.put(command_id)
+                log.debug("%s: dropped a reply for unknown command %r", self.name, command_id)
+                return
+
+        if data:
+            if sub is not None and code in _ERROR_CODES:
+                sub.error = _error_text(self.name, data) or sub.error
+            if any(unsafe in line for unsafe in _UNSAFE):
+                data = _sanitise(data)
+            self._relay(out_code, data, sub)
+
+        if sub is not None:
+            if code in _FINAL_OK:
+                self._end(sub, True)
+            elif code in _FINAL_FAILED:
+                self._end(sub, False, sub.error or f"{self.name}: '{sub.command_string}' failed.")
+
+    def _relay(self, code: str, data: dict[str, Any], sub: SubCommand | None) -> None:
+        name = self.name
+        parent = sub.parent if sub is not None else None
+        writer = parent.write if parent is not None else getattr(self.actor, "write", None)
+
+        if "help" in data:
+            lines = data.pop("help")
+            if writer is not None:
+                for help_line in lines if isinstance(lines, list) else [lines]:
+                    writer(code, {"help": _sanitise(str(help_line))}, validate=False)
+
+        message: dict[str, Any] = {}
+        for key, value in data.items():
+            if key.__class__ is not str or not _KEY_RE.match(key):
+                log.warning("%s: dropped an invalid keyword name %r", name, key)
+                continue
+            message[key] = [name, *value] if value.__class__ is list else [name, value]
+            if key == "filename" and sub is not None:
+                filename = _filename_of(value)
+                if filename:
+                    sub.filenames.append(filename)
+
+        if message and writer is not None:
+            try:
+                writer(code, message, validate=False)
+            except (TypeError, ValueError) as err:  # e.g. a value nested too deep to format.
+                log.warning("%s: cannot relay %r: %s", name, message, err)
