@@ -531,3 +531,47 @@ def test_unknown_keys_reported_with_an_error(tmp_path: pathlib.Path) -> None:
 
 def test_validator_rejects_float_integers() -> None:
     assert not get_validator().is_valid({"actor": {"port": 1.0}})
+
+
+VALID = {"actor": {"name": "fliswarm", "host": "127.0.0.1", "port": 1}, "image": "a"}
+VALID |= {"enabled_nodes": [], "nodes": {}}
+
+
+@pytest.mark.parametrize(
+    "image, ok",
+    [
+        ("flicamera", True),
+        ("sdss/flicamera:latest", True),
+        ("sdss-hub:5000/sdss/flicamera:latest", True),
+        ("localhost/flicamera", True),
+        ("ghcr.io/sdss/flicamera:1.0", True),
+        ("sdss/flicamera@sha256:" + "0" * 64, True),
+        ("Sdss/flicamera", False),
+        ("sdss/flicamera:", False),
+        ("sdss//flicamera", False),
+        ("sdss/flicamera@sha256:abc", False),
+        ("sdss/fli camera", False),
+    ],
+)
+def test_image_pattern(image: str, ok: bool) -> None:
+    assert get_validator().is_valid(VALID | {"image": image}) is ok
+
+
+@pytest.mark.parametrize(
+    "host, ok",
+    [
+        ("sdss-gfa1", True),
+        ("localhost", True),
+        ("10.250.77.11", True),
+        ("sdss-gfa1.apo.nmsu.edu", True),
+        ("256.1.1.1", False),
+        ("1.2.3", False),
+        ("a..b", False),
+        ("-gfa1", False),
+        ("gfa_1", False),
+        ("", False),
+    ],
+)
+def test_host_pattern(host: str, ok: bool) -> None:
+    nodes = {"gfa1": {"host": host, "port": 19995}}
+    assert get_validator().is_valid(VALID | {"nodes": nodes}) is ok
