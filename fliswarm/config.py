@@ -106,8 +106,8 @@ def _is_site_layout(data: dict[str, Any], file: str) -> bool:
 
     if isinstance(enabled, list):
         for name, value in nodes.items():
-            if isinstance(value, dict) and value and not _looks_like_node(value):
-                if all(isinstance(sub, dict) for sub in value.values()):
+            if isinstance(value, dict) and not _looks_like_node(value):
+                if any(_looks_like_node(sub) for sub in value.values()):
                     raise ConfigError(
                         f"{name!r} looks like a site, but enabled_nodes is a list (flat layout); "
                         f"for the per-site layout write enabled_nodes as {{{name}: [...]}}",
