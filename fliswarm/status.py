@@ -1,0 +1,106 @@
+"""The status report of one node (`.Node.report_status`), with the original keywords."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .containers import LABEL_MANAGED, LABEL_NODE, short_id
+from .exceptions import NodeError
+from .tools import FakeCommand
+
+
+if TYPE_CHECKING:
+    from .node import Node
+
+
+__all__ = ["report_status", "actor_config"]
+
+
+def actor_config(command: Any) -> Mapping[str, Any]:
+    """The actor configuration of a CLU command, or an empty mapping."""
+
+    if isinstance(command, FakeCommand):
+        return {}
+    config = getattr(getattr(command, "actor", None), "config", None)
+    return config if isinstance(config, Mapping) else {}
+
+
+async def _none() -> None:
+    return None
+
+
+async def report_status(
+    node: Node,
+    command: Any,
+    volumes: bool = True,
+    containers: bool = True,
+    container_name: str | None = None,
+    volume_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Reports a node to a command (see `.Node.report_status`)."""
+
+    config = actor_config(command)
+    if volume_names is None:
+        volume_names = list(config.get("volumes") or [])
+    ping_timeout = float(config.get("ping_timeout") or node.ping_timeout)
+
+    node_alive, docker_alive = await asyncio.gather(node.ping(ping_timeout), node.client_alive())
+    result: dict[str, Any] = {
+        "node_alive": node_alive,
+        "docker_alive": docker_alive,
+        "container": None,
+        "volumes": {},
+    }
+    if not node_alive:
+        command.warning(text=f"Node {node.addr} is not pinging back.")
+    if not docker_alive:
+        command.warning(text=f"Docker client on node {node.addr} is not connected.")
+    command.info(node=[node.name, node.addr, node.daemon_addr, node_alive, docker_alive])
+    if not docker_alive:
+        return result
+
+    filters = {
+        "label": [f"{LABEL_MANAGED}=true", f"{LABEL_NODE}={node.name}"],
+        "status": ["running"],
+    }
+    try:
+        running, present = await asyncio.gather(
+            node.engine.list_containers(filters, all=False) if containers else _none(),
+            node.engine.list_volumes() if volumes else _none(),
+        )
+    except NodeError as err:
+        command.warning(text=f"{node.name}: cannot get the status: {err.message}")
+        return result
+
+    if containers:
+        found = [
+            c
+            for c in running or []
+            if container_name is None or f"/{container_name}" in (c.get("Names") or [])
+        ]
+        if len(found) == 1:
+            result["container"] = short_id(found[0]["Id"])
+            command.debug(container=[node.name, result["container"]])
+        else:
+            if not found:
+                command.warning(text=f"No containers running on {node.addr}.")
+            else:
+                what = container_name or "fliswarm containers"
+                command.warning(text=f"Multiple {what} running on node {node.addr}.")
+            command.debug(container=[node.name, "NA"])
+
+    if volumes:
+        by_name = {v["Name"]: v for v in present or []}
+        for vname in volume_names:
+            if vname not in by_name:
+                command.warning(text=f"Volume {vname} not present in {node.name}.")
+                command.debug(volume=[node.name, vname, False, "NA"])
+                result["volumes"][vname] = None
+                continue
+            device = (by_name[vname].get("Options") or {}).get("device") or "NA"
+            command.debug(volume=[node.name, vname, True, device])
+            result["volumes"][vname] = device
+
+    return result
