@@ -201,6 +201,9 @@ class FlicameraDevice:
         self._stop_reason: str | None = None
         #: Why the last connection attempt or connection ended, if it did.
         self.last_error: str | None = None
+        #: Whether commands like ``talk`` may connect this device when it is disconnected;
+        #: set it to `False` while the container is deliberately down (e.g. ``reconnect``).
+        self.auto_connect = True
 
     def __repr__(self) -> str:
         state = "connected" if self.is_connected() else "disconnected"

@@ -1,0 +1,147 @@
+"""``talk``: send a command to the flicamera actors of several nodes at once."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import click
+
+from fliswarm.commands import parser
+from fliswarm.device import SubCommand
+from fliswarm.tools import select_nodes, split_names
+
+
+if TYPE_CHECKING:
+    from fliswarm.commands import FLISwarmCommand, NodesType
+
+
+__all__ = ["talk", "expected_duration"]
+
+# Options of flicamera's ``expose`` that take a value.
+_EXPOSE_VALUE_OPTIONS = {"-f", "--filename", "-n", "--num", "-s", "--stack", "-c", "--count"}
+
+
+def expected_duration(args: Sequence[str]) -> float:
+    """How long a flicamera command is expected to take beyond the usual, in seconds.
+
+    For ``expose [CAMERAS] EXPTIME [-c COUNT] [-s STACK] ...`` it is ``EXPTIME * COUNT *
+    STACK``; zero for any other command (or when the values cannot be parsed).
+    """
+
+    if not args or args[0] != "expose":
+        return 0.0
+    exptime: float | None = None
+    values = {"count": 1, "stack": 1}
+    tokens = list(args[1:])
+    while tokens:
+        token = tokens.pop(0)
+        option, _, inline = token.partition("=")
+        if option in _EXPOSE_VALUE_OPTIONS:
+            value = inline if inline else (tokens.pop(0) if tokens else "")
+            name = option.lstrip("-")
+            name = {"c": "count", "s": "stack"}.get(name, name)
+            if name in values:
+                try:
+                    values[name] = max(int(value), 1)
+                except ValueError:
+                    pass
+        elif exptime is None and not token.startswith("--"):
+            try:
+                exptime = float(token)
+            except ValueError:
+                continue
+    if exptime is None or exptime != exptime or exptime < 0:  # None, NaN or negative.
+        return 0.0
+    return exptime * values["count"] * values["stack"]
+
+
+async def _run_on_node(
+    command: FLISwarmCommand, name: str, camera_command: str, timeout: float
+) -> SubCommand:
+    """Runs the camera command on one node, connecting its device first if needed."""
+
+    actor = command.actor
+    device = actor.flicameras.get(name)
+    if device is None:
+        sub = SubCommand(name, 0, camera_command, command)
+        sub._finish(False, f"{name}: no flicamera device is configured.")
+        return sub
+
+    if not device.is_connected() and device.auto_connect:
+        try:
+            await device.start(actor.device_connect_timeout)
+        except ConnectionError:
+            pass
+    if not device.is_connected():
+        reason = f" ({device.last_error})" if device.last_error else ""
+        command.warning(text=f"{name}: flicamera is not connected{reason}.")
+        sub = SubCommand(name, 0, camera_command, command)
+        sub._finish(False, f"{name}: flicamera is not connected.")
+        return sub
+
+    return await device.run(camera_command, command, timeout=timeout)
+
+
+@parser.command(context_settings={"allow_interspersed_args": False})
+@click.argument("CAMERA_COMMAND", nargs=-1, type=str, required=True)
+@click.option("-n", "--names", type=str, help="Comma-separated cameras (nodes) to command.")
+@click.option("-c", "--category", type=str, help="Category of cameras to command (gfa, fvc).")
+@click.option(
+    "-t",
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds to wait for each camera. Default: timeouts.talk, plus the exposure time "
+    "(times count and stack) for expose.",
+)
+async def talk(
+    command: FLISwarmCommand,
+    nodes: NodesType,
+    camera_command: tuple[str, ...],
+    names: str | None,
+    category: str | None,
+    timeout: float | None,
+):
+    """Sends a command to the selected (default: all) cameras and relays their replies.
+
+    Options go before the camera command: everything after it is sent to flicamera as is.
+    """
+
+    actor = command.actor
+    camera_string = shlex.join(camera_command)
+
+    for name in split_names(names):
+        if name not in nodes:
+            command.warning(text=f"{name}: no such node.")
+        elif not nodes[name].enabled:
+            command.warning(text=f"{name}: node is disabled.")
+
+    selected = sorted(node.name for node in select_nodes(nodes, category, names))
+    if not selected:
+        return command.fail(error="No enabled camera matches the selection.")
+
+    if timeout is None:
+        timeout = actor.talk_timeout + expected_duration(camera_command)
+
+    results: list[SubCommand] = await asyncio.gather(
+        *[_run_on_node(command, name, camera_string, timeout) for name in selected]
+    )
+
+    filenames = [filename for sub in results for filename in sub.filenames]
+    if filenames:
+        command.info(filename_bundle=filenames)
+
+    failed = [sub for sub in results if not sub.ok]
+    if failed:
+        for sub in failed:
+            if sub.error and sub.command_id != 0:  # Unsent ones were reported already.
+                command.warning(text=sub.error)
+        command.warning(failedNodes=[sub.node for sub in failed])
+
+    if len(failed) == len(results):
+        return command.fail(error=f"Failed on {', '.join(selected)}: {camera_string}")
+
+    return command.finish()
