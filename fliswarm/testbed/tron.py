@@ -134,6 +134,19 @@ for nub_name in settings["generic_nubs"]:
     sys.modules[nub_module.__name__] = nub_module
     setattr(tron.Nubs, nub_name, nub_module)
 
+import tron.hub  # noqa: E402
+
+
+def exit_now(signum, frame):
+    """tron's own SIGTERM handler can deadlock (it logs from the handler): exit at once."""
+
+    sys.stderr.write("fliswarm tron wrapper: signal %d, exiting\\n" % signum)
+    sys.stderr.flush()
+    os._exit(0)
+
+
+tron.hub.handleSIGTERM = exit_now  # hub.init() installs it by name.
+
 sys.argv = [os.path.join(tron_dir, "runhub.py")]
 runpy.run_path(sys.argv[0], run_name="__main__")
 '''

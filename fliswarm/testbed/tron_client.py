@@ -266,6 +266,8 @@ class TronClient:
             raise TronTimeoutError(
                 f"no finishing reply to {text!r} within {timeout} s. Lines seen:\n{seen}"
             ) from None
+        except OSError as err:
+            raise TronError(f"cannot send {text!r} to tron: {err}") from err
         finally:
             self._pending.pop(mid, None)
         return reply
@@ -276,13 +278,28 @@ class TronClient:
         """``hub startNubs <names>``: tron (re)connects to those actors.
 
         With ``check``, raises `TronError` if the command fails or tron warns that a nub could
-        not be started (e.g. the actor is not listening).
+        not be started (e.g. the actor is not listening), then waits until tron has read a first
+        line from each actor: until then tron mislabels commands to it and their replies never
+        reach the sender.
         """
 
-        reply = await self.send("startNubs " + " ".join(names), actor="hub", timeout=timeout)
-        bad = [line for line in reply.lines if line.code in "wfF" and line.code]
-        if check and (not reply.ok or bad):
-            raise TronError(f"hub startNubs {' '.join(names)} failed:\n{reply}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        queue = self.watch()
+        try:
+            reply = await self.send("startNubs " + " ".join(names), actor="hub", timeout=timeout)
+            if not check:
+                return reply
+            if not reply.ok or any(line.code in ("w", "f", "F") for line in reply.lines):
+                raise TronError(f"hub startNubs {' '.join(names)} failed:\n{reply}")
+            waiting = set(names)
+            while waiting:
+                line = await self.wait_line(
+                    lambda line: line.actor in waiting, max(0.0, deadline - loop.time()), queue
+                )
+                waiting.discard(line.actor)
+        finally:
+            self.unwatch(queue)
         return reply
 
     def watch(self) -> asyncio.Queue[TronLine]:

@@ -1,0 +1,218 @@
+"""A real tron hub on loopback, started by project code, relaying to a real CLU actor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import warnings
+from collections.abc import AsyncIterator
+
+import click
+import pytest
+from clu import LegacyActor
+from clu.parsers.click import CluGroup, ping, version
+
+from fliswarm.testbed.tron import (
+    TronError,
+    TronHub,
+    TronTimeoutError,
+    free_port,
+    parse_keywords,
+)
+from fliswarm.testbed.tron_fixtures import (  # noqa: F401
+    ClientFactory,
+    HubFactory,
+    tron_client_factory,
+    tron_hub_factory,
+)
+
+
+pytestmark = [pytest.mark.tron, pytest.mark.timeout(60)]
+
+ACTOR = "echoer"
+
+
+@click.group(cls=CluGroup)
+def echo_parser(*args):
+    """Commands of the test actor (its own group: CLU's default parser is global)."""
+
+
+echo_parser.add_command(ping)
+echo_parser.add_command(version)
+
+
+@echo_parser.command()
+async def status(command):
+    """Tron sends ping and status when it connects."""
+
+    return command.finish(text="all good")
+
+
+@echo_parser.command()
+@click.argument("words", nargs=-1)
+async def echo(command, words: tuple[str, ...]):
+    """Writes the words back as one keyword, plus a list keyword."""
+
+    command.info(echoed=" ".join(words), count=[len(words), "a; b"])
+    return command.finish()
+
+
+@echo_parser.command()
+async def hang(command):
+    """Never finishes within the test's patience."""
+
+    await asyncio.sleep(30)
+    return command.finish()
+
+
+@echo_parser.command()
+async def beat(command):
+    """Writes an unsolicited (broadcast) keyword, then finishes."""
+
+    command.actor.write("i", {"heartbeat": 42})
+    return command.finish()
+
+
+@pytest.fixture
+async def echo_actor() -> AsyncIterator[LegacyActor]:
+    """A real LegacyActor on a free loopback port, without its own tron connection."""
+
+    actor = LegacyActor(ACTOR, "127.0.0.1", free_port(), version="1.2.3")
+    actor.parser = echo_parser
+    actor.load_schema(None, additional_properties=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "starting LegacyActor without Tron connection."
+        await asyncio.wait_for(actor.start(), 10)
+    try:
+        yield actor
+    finally:
+        for transport in list(actor.transports.values()):
+            transport.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(actor.stop(), 10)
+
+
+@pytest.fixture
+async def hub(echo_actor: LegacyActor, tron_hub_factory: HubFactory) -> TronHub:
+    return await tron_hub_factory({ACTOR: ("127.0.0.1", echo_actor.port)})
+
+
+def test_parse_keywords():
+    body = 'a=1; b="x; y",2,"q\\"z"; flag; text="hi, there"; e=; NoTarget="the target"'
+    assert parse_keywords(body) == {
+        "a": "1",
+        "b": ["x; y", "2", 'q"z'],
+        "flag": None,
+        "text": "hi, there",
+        "e": "",
+        "NoTarget": "the target",
+    }
+    assert parse_keywords("") == {}
+    assert parse_keywords("  ;; k=v ;") == {"k": "v"}
+
+
+def test_rejects_non_loopback():
+    with pytest.raises(ValueError):
+        TronHub(host="0.0.0.0")
+    with pytest.raises(ValueError):
+        TronHub(actors={"fliswarm": ("192.168.1.10", 19996)})
+    TronHub(actors={"fliswarm": ("10.250.1.2", 19996)})  # A test-bed node is fine.
+
+
+async def test_command_through_tron(hub: TronHub, tron_client_factory: ClientFactory):
+    client = await tron_client_factory(hub)
+    other = await tron_client_factory(hub)
+
+    started = await client.start_nubs(ACTOR)
+    assert started.ok
+
+    watcher = other.watch()
+    reply, other_reply = await asyncio.gather(
+        client.send("echo hello tron world", actor=ACTOR, timeout=10),
+        other.send("echo second client", actor=ACTOR, timeout=10),
+    )
+
+    assert reply.code == ":"
+    assert [line.code for line in reply.lines] == [">", "i", ":"]
+    assert all(line.cid == client.cid and line.actor == ACTOR for line in reply.lines)
+    assert reply["echoed"] == "hello tron world"
+    assert reply.values("count") == ["3", "a; b"]
+    assert other_reply["echoed"] == "second client"
+
+    # Every client sees all traffic, including the first client's reply.
+    seen = await other.wait_line(
+        lambda line: line.cid == client.cid and "echoed" in line.keywords, 5, watcher
+    )
+    assert seen.keywords["echoed"] == "hello tron world"
+
+
+async def test_actor_not_connected(hub: TronHub, tron_client_factory: ClientFactory):
+    client = await tron_client_factory(hub)
+
+    reply = await client.send("echo nobody", actor=ACTOR, timeout=10)  # Nub not started.
+    assert reply.code == "f"
+    assert reply.lines[-1].actor == "hub"
+    assert "is not connected" in str(reply["NoTarget"])
+
+    reply = await client.send("ping", actor="nosuchactor", timeout=10)
+    assert reply.code == "f" and "NoTarget" in reply
+
+
+async def test_start_nubs_actor_down(tron_hub_factory: HubFactory, tron_client_factory):
+    hub = await tron_hub_factory({"ghost": ("127.0.0.1", free_port())})
+    client = await tron_client_factory(hub)
+
+    with pytest.raises(TronError, match="Connection refused"):
+        await client.start_nubs("ghost")
+    reply = await client.start_nubs("ghost", check=False)
+    assert any(line.code == "w" for line in reply.lines)
+
+
+async def test_timeout_lists_lines(hub: TronHub, tron_client_factory: ClientFactory):
+    client = await tron_client_factory(hub)
+    await client.start_nubs(ACTOR)
+
+    with pytest.raises(TronTimeoutError, match=f"{client.cid} 2 {ACTOR} >"):
+        await client.send("hang", actor=ACTOR, timeout=1.0)
+
+
+async def test_broadcast_keyword(hub: TronHub, tron_client_factory: ClientFactory):
+    client = await tron_client_factory(hub)
+    await client.start_nubs(ACTOR)
+
+    queue = client.watch()
+    reply = await client.send("beat", actor=ACTOR, timeout=10)
+    assert reply.ok and "heartbeat" not in reply
+
+    line = await client.wait_line(lambda line: "heartbeat" in line.keywords, 5, queue)
+    assert line.actor == ACTOR and line.keywords["heartbeat"] == "42"
+
+
+async def test_restart(hub: TronHub, tron_client_factory: ClientFactory):
+    client = await tron_client_factory(hub)
+    await client.start_nubs(ACTOR)
+    assert (await client.send("echo before", actor=ACTOR, timeout=10)).ok
+    port, pid = hub.commander_port, hub.pid
+
+    await hub.restart()
+
+    assert hub.running and hub.pid != pid and hub.commander_port == port
+    with pytest.raises(TronError):  # The old connection is gone.
+        await client.send("echo stale", actor=ACTOR, timeout=5)
+
+    client = await tron_client_factory(hub)
+    reply = await client.send("echo lost", actor=ACTOR, timeout=10)
+    assert reply.code == "f" and "NoTarget" in reply
+
+    await client.start_nubs(ACTOR)
+    reply = await client.send("echo after restart", actor=ACTOR, timeout=10)
+    assert reply.ok and reply["echoed"] == "after restart"
+
+
+async def test_stop_is_final(tron_hub_factory: HubFactory):
+    hub = await tron_hub_factory()
+    host, port = hub.host, hub.commander_port
+    assert await hub.stop() is not None
+    assert not hub.running
+    with pytest.raises(OSError):
+        await asyncio.wait_for(asyncio.open_connection(host, port), 5)
