@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from astropy.io import fits
 
-from fliswarm.testbed.image import start_flicamera_on_host, wait_flicamera_ready
+from fliswarm.testbed import image as image_module
+from fliswarm.testbed.image import (
+    DEFAULT_CACHE_DIR,
+    FLICAMERA_VERSION,
+    IMAGE_INPUTS_HASH,
+    MANIFEST_TYPE,
+    build_flicamera_image,
+    ensure_flicamera_image,
+    start_flicamera_on_host,
+    wait_flicamera_ready,
+)
 
 
 def free_port() -> int:
@@ -91,3 +109,114 @@ async def test_flicamera_launcher_on_host(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.terminate()
         await asyncio.wait_for(proc.wait(), 20)
+
+
+# The image: build offline, push to a real registry on loopback, reuse the cache.
+
+
+def image_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared cache when we may write it (so the suite builds once), else a temp dir."""
+
+    try:
+        DEFAULT_CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        if os.access(DEFAULT_CACHE_DIR, os.W_OK):
+            return DEFAULT_CACHE_DIR
+    except OSError:
+        pass
+    return tmp_path_factory.mktemp("image-cache")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``docker-registry`` on a free loopback port; yields ``HOST:PORT``."""
+
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.fail("docker-registry is not installed (Debian package docker-registry).")
+    root = tmp_path_factory.mktemp("registry")
+    addr = f"127.0.0.1:{free_port()}"
+    config = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
+        "http": {"addr": addr},
+    }
+    (root / "config.yml").write_text(json.dumps(config))
+    with open(root / "log", "wb") as log:
+        args = [binary, "serve", str(root / "config.yml")]
+        proc = subprocess.Popen(args, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 15
+        while registry_get(addr, "/v2/")[0] != 200:
+            assert proc.poll() is None, (root / "log").read_text()
+            assert time.monotonic() < deadline, "the registry did not answer in 15 s"
+            time.sleep(0.05)
+        yield addr
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def registry_get(addr: str, path: str, accept: str = "*/*") -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(f"http://{addr}{path}", headers={"Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), b""
+    except OSError:
+        return 0, {}, b""
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return image_cache_dir(tmp_path_factory)
+
+
+def test_image_build_and_push(registry: str, cache_dir: Path) -> None:
+    build = build_flicamera_image(registry, "test/flicamera", "sim", cache_dir)
+    assert build.reference == f"{registry}/test/flicamera:sim"
+    assert build.inputs_hash == IMAGE_INPUTS_HASH
+    assert build.uploaded == 2  # a fresh registry gets the layer and the config
+    assert 50e6 < build.layer_size < build.rootfs_size < 600e6
+
+    status, headers, body = registry_get(
+        registry, "/v2/test/flicamera/manifests/sim", MANIFEST_TYPE
+    )
+    assert status == 200
+    assert headers["Docker-Content-Digest"] == build.digest
+    manifest = json.loads(body)
+    assert manifest["layers"][0]["size"] == build.layer_size
+    status, _, body = registry_get(
+        registry, f"/v2/test/flicamera/blobs/{manifest['config']['digest']}"
+    )
+    config = json.loads(body)["config"]
+    assert config["Cmd"][-1] == "/opt/fliswarm/flicamera_launcher.py"
+    assert "PYTHONPATH=/opt/python-packages" in config["Env"]
+    assert config["Labels"]["org.sdss.fliswarm.inputs"] == IMAGE_INPUTS_HASH
+    meta = json.loads((cache_dir / IMAGE_INPUTS_HASH / "build.json").read_text())
+    assert any(p.startswith(f"sdss_flicamera-{FLICAMERA_VERSION}") for p in meta["packages"])
+
+
+def test_image_cache_is_reused(registry: str, cache_dir: Path) -> None:
+    first = build_flicamera_image(registry, "test/flicamera", "sim", cache_dir)
+    again = build_flicamera_image(registry, "test/flicamera", "sim", cache_dir)
+    assert not again.built and again.uploaded == 0
+    assert again.digest == first.digest
+    assert again.seconds < 2.0
+    # The cached build goes to another repository without a rebuild.
+    other = build_flicamera_image(registry, "test/other", "v1", cache_dir)
+    assert not other.built and other.uploaded == 2 and other.digest == first.digest
+    assert ensure_flicamera_image(registry, "test/other", "v1", cache_dir) == other.reference
+
+
+def test_image_build_waits_for_the_lock(registry: str, cache_dir: Path) -> None:
+    with image_module._locked(cache_dir / ".lock", 5):
+        with pytest.raises(TimeoutError):
+            build_flicamera_image(registry, "test/flicamera", "sim", cache_dir, lock_timeout=0.3)
+
+
+@pytest.mark.parametrize("registry_addr", ["8.8.8.8:5000", "192.168.1.1:5000", "example.org:80"])
+def test_image_refuses_registries_off_this_machine(registry_addr: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        build_flicamera_image(registry_addr, cache_dir=tmp_path)
