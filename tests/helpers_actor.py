@@ -8,22 +8,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fliswarm.testbed.tron_client import parse_keywords
 
 
-__all__ = ["ActorLine", "ActorReply", "ActorClient", "free_port"]
+__all__ = [
+    "ActorLine",
+    "ActorReply",
+    "ActorClient",
+    "FlicameraProcesses",
+    "free_port",
+    "write_config",
+]
 
 FINISH_CODES = frozenset(":f!")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` right now."""
-
-    import socket
 
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -168,3 +178,110 @@ class ActorClient:
         self._task.cancel()
         with contextlib.suppress(BaseException):
             await self._task
+
+
+class FlicameraProcesses:
+    """Real flicamera actors (fliswarm's test-bed launcher) on the host, on loopback.
+
+    A synchronous wrapper for module-scoped fixtures: `start` launches them all at once and
+    waits until each listens; `kill` and `stop` end them.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str]):
+        self.data_dir = Path(data_dir)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.ports: dict[str, int] = {}
+
+    def start(self, names: Sequence[str], timeout: float = 60.0) -> FlicameraProcesses:
+        from fliswarm.testbed.image import LAUNCHER
+
+        for name in names:
+            port = free_port()
+            env = dict(os.environ)
+            env.update(
+                ACTOR_NAME=name,
+                OBSERVATORY="APO",
+                FLICAMERA_HOST="127.0.0.1",
+                FLICAMERA_PORT=str(port),
+                FLICAMERA_DATA_DIR=str(self.data_dir),
+            )
+            log_path = self.data_dir / "logs" / f"flicamera-launcher-{name}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as log:
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, str(LAUNCHER)],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                )
+            self.ports[name] = port
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while True:
+                if self.procs[name].poll() is not None:
+                    raise RuntimeError(f"flicamera {name} exited; see {self.data_dir}/logs.")
+                try:
+                    with socket.create_connection(("127.0.0.1", self.ports[name]), 0.5):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"flicamera {name} not listening.") from None
+                    time.sleep(0.05)
+        return self
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def write_config(
+    path: str | os.PathLike[str],
+    actor_port: int,
+    ports: dict[str, int],
+    enabled: Sequence[str],
+    categories: dict[str, str] | None = None,
+    **extra: object,
+) -> Path:
+    """Writes a flat fliswarm configuration for nodes on the host (127.0.0.1).
+
+    Each node's Docker engine address points to a closed port (Docker unreachable).
+    """
+
+    import yaml
+
+    closed = free_port()
+    categories = categories or {}
+    actor = {"name": "fliswarm", "host": "127.0.0.1", "port": actor_port}
+    actor.update(extra.pop("actor", {}))  # type: ignore[call-overload]
+    config: dict[str, object] = {
+        "actor": actor,
+        "image": "sdss/flicamera:latest",
+        "nodes": {
+            name: {
+                "host": "127.0.0.1",
+                "port": port,
+                "category": categories.get(name, name.rstrip("0123456789")),
+                "docker-client": f"tcp://127.0.0.1:{closed}",
+            }
+            for name, port in ports.items()
+        },
+        "enabled_nodes": list(enabled),
+    }
+    config.update(extra)
+    path = Path(path)
+    path.write_text(yaml.safe_dump(config))
+    return path
