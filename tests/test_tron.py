@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import warnings
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import click
 import pytest
@@ -19,14 +20,12 @@ from fliswarm.testbed.tron import (
     free_port,
     parse_keywords,
 )
-from fliswarm.testbed.tron_fixtures import (  # noqa: F401
-    ClientFactory,
-    HubFactory,
-    tron_client_factory,
-    tron_hub_factory,
-)
 
 
+if TYPE_CHECKING:
+    from fliswarm.testbed.tron_fixtures import ClientFactory, HubFactory
+
+pytest_plugins = ["fliswarm.testbed.tron_fixtures"]
 pytestmark = [pytest.mark.tron, pytest.mark.timeout(60)]
 
 ACTOR = "echoer"
@@ -216,3 +215,16 @@ async def test_stop_is_final(tron_hub_factory: HubFactory):
     assert not hub.running
     with pytest.raises(OSError):
         await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+
+
+async def test_shipped_fliswarm_nub(
+    echo_actor: LegacyActor, tron_hub_factory: HubFactory, tron_client_factory: ClientFactory
+):
+    # tron ships a "fliswarm" nub (sends ping and status on connect); it must work as well.
+    hub = await tron_hub_factory({"fliswarm": ("127.0.0.1", echo_actor.port)})
+    client = await tron_client_factory(hub)
+    await client.start_nubs("fliswarm")
+
+    reply = await client.send("echo via the shipped nub", timeout=10)
+    assert reply.ok and reply["echoed"] == "via the shipped nub"
+    assert {line.actor for line in reply.lines} == {"fliswarm"}
