@@ -49,6 +49,8 @@ class FLISwarmActor(LegacyActor):
         kwargs.setdefault("schema", str(KEYWORDS_SCHEMA))
         kwargs.setdefault("version", __version__)
         super().__init__(*args, **kwargs)
+        if kwargs.get("additional_properties") and self.model is not None:
+            self.model.schema["additionalProperties"] = True  # Old configurations.
 
         self.observatory: str | None = self.config.get("observatory") or os.environ.get(
             "OBSERVATORY"
