@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import warnings
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -228,3 +229,12 @@ async def test_shipped_fliswarm_nub(
     reply = await client.send("echo via the shipped nub", timeout=10)
     assert reply.ok and reply["echoed"] == "via the shipped nub"
     assert {line.actor for line in reply.lines} == {"fliswarm"}
+
+
+async def test_port_in_use_fails_clearly(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(TronError, match="(?s)could not listen.*Address already in use"):
+            await TronHub.start(log_dir=tmp_path, port=port, timeout=20)

@@ -241,9 +241,7 @@ class TronHub:
                 raise ValueError(f"invalid port {actor_port!r} for actor {name!r}.")
 
         self._own_dir = log_dir is None
-        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="fliswarm-tron-"))
-        self.config_dir = self.log_dir / "config"
-        self.log_file = self.log_dir / "tron.out"
+        self._log_dir = None if log_dir is None else Path(log_dir)
         self._host = host
         self._port = port or free_port(host)
         self.fast_accept = fast_accept
@@ -278,6 +276,24 @@ class TronHub:
         return hub
 
     @property
+    def log_dir(self) -> Path:
+        """Folder with ``config/``, tron's ``logs/`` and its output ``tron.out``."""
+
+        if self._log_dir is None:  # Created lazily, removed by stop().
+            self._log_dir = Path(tempfile.mkdtemp(prefix="fliswarm-tron-"))
+        return self._log_dir
+
+    @property
+    def config_dir(self) -> Path:
+        return self.log_dir / "config"
+
+    @property
+    def log_file(self) -> Path:
+        """tron's captured stdout and stderr."""
+
+        return self.log_dir / "tron.out"
+
+    @property
     def host(self) -> str:
         """The loopback address tron listens on."""
 
@@ -304,8 +320,10 @@ class TronHub:
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of tron's captured stdout/stderr."""
 
+        if self._log_dir is None:
+            return "<no tron output>"
         try:
-            text = self.log_file.read_text(errors="replace")
+            text = (self._log_dir / "tron.out").read_text(errors="replace")
         except OSError:
             return "<no tron output>"
         return "\n".join(text.splitlines()[-lines:])
@@ -371,6 +389,11 @@ class TronHub:
         while loop.time() < deadline:
             if not self.running:
                 raise TronError(f"tron exited early.\n--- tron output ---\n{self.log_tail()}")
+            if "FAILED to start nub client" in self.log_tail():
+                raise TronError(
+                    f"tron could not listen on {self._host}:{self._port} ({last_error!r})."
+                    f"\n--- tron output ---\n{self.log_tail()}"
+                )
             try:
                 client = await TronClient.connect(self._host, self._port, timeout=2.0)
             except (OSError, asyncio.TimeoutError, TronError) as err:
@@ -378,8 +401,8 @@ class TronHub:
                 await asyncio.sleep(0.05)
                 continue
             try:
-                left = max(0.5, deadline - loop.time())
-                reply = await client.send("version", actor="hub", timeout=left)
+                attempt = min(2.0, max(0.5, deadline - loop.time()))
+                reply = await client.send("version", actor="hub", timeout=attempt)
                 if reply.ok:
                     return
                 last_error = TronError(f"hub version failed: {reply.lines}")
@@ -415,8 +438,9 @@ class TronHub:
         if self._out is not None:
             self._out.close()
             self._out = None
-        if self._own_dir:
-            shutil.rmtree(self.log_dir, ignore_errors=True)
+        if self._own_dir and self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = None
         return code
 
     async def restart(self, timeout: float = 30.0) -> None:
