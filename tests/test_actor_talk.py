@@ -11,6 +11,10 @@ from helpers_actor import ActorClient, FlicameraProcesses, free_port, write_conf
 
 from fliswarm.actor import FLISwarmActor
 from fliswarm.commands.talk import expected_duration
+from fliswarm.testbed.tron import TronClient, TronTimeoutError
+
+
+pytest_plugins = ["fliswarm.testbed.tron_fixtures"]
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +218,92 @@ async def test_keywords_are_validated_but_relayed_ones_are_not(actor, client: Ac
     assert {"enabledNodes": ["gfa1", "gfa2"]} in got
     assert any("error" in kw and "notAKeyword" in str(kw["error"]) for kw in got)
     assert line.values("status") == ["gfa1", "x"]
+
+
+async def tron_ping_ok(client: TronClient, timeout: float) -> None:
+    """Waits until fliswarm answers a ping through tron (tron has connected to it).
+
+    A command sent while tron connects to the actor can be lost (tron mislabels it until it has
+    read a first line from the actor): those time out and are retried.
+    """
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            reply = await client.send("ping", actor="fliswarm", timeout=2)
+        except TronTimeoutError as err:
+            last = str(err)
+            continue
+        if reply.ok:
+            return
+        last = str(reply)
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"fliswarm not reachable through tron:\n{last}")
+
+
+@pytest.mark.tron
+async def test_talk_through_tron_and_tron_restart(
+    flicameras, tmp_path: Path, tron_hub_factory, tron_client_factory
+):
+    actor_port = free_port()
+    hub = await tron_hub_factory({"fliswarm": ("127.0.0.1", actor_port)})
+    path = write_config(
+        tmp_path / "fliswarm.yaml",
+        actor_port,
+        dict(flicameras.ports),
+        ["gfa1", "gfa2"],
+        actor={"tron_host": hub.host, "tron_port": hub.commander_port},
+    )
+    actor = FLISwarmActor.from_config(str(path))
+    actor.tron_max_delay = 1.0
+    await actor.start()
+    try:
+        for name in ("gfa1", "gfa2"):
+            await actor.connect_device(name)
+        client = await tron_client_factory(hub)
+        await tron_ping_ok(client, 15)  # fliswarm registered itself (hub startNubs).
+
+        reply = await client.send("talk -c gfa expose 0.1", actor="fliswarm", timeout=30)
+        assert reply.ok, str(reply)
+        bundle = reply.values("filename_bundle")
+        assert len(bundle) == 2 and "gfa1" in bundle[0] and "gfa2" in bundle[1]
+        for fits_path in bundle:
+            assert await asyncio.to_thread(fits_ok, fits_path)
+
+        await hub.restart()
+        client = await tron_client_factory(hub)
+        t0 = time.monotonic()
+        await tron_ping_ok(client, 20)  # Registered again, by itself.
+        print(f"re-registered {time.monotonic() - t0:.1f} s after tron restarted")
+        reply = await client.send("talk -n gfa1 status", actor="fliswarm", timeout=15)
+        assert reply.ok and reply.values("status")[0] == "gfa1"
+    finally:
+        await actor.stop()
+
+
+@pytest.mark.tron
+async def test_tron_absent_at_start(tmp_path: Path, tron_hub_factory, tron_client_factory):
+    actor_port, tron_port = free_port(), free_port()
+    path = write_config(
+        tmp_path / "fliswarm.yaml",
+        actor_port,
+        {"gfa1": free_port()},
+        ["gfa1"],
+        actor={"tron_host": "127.0.0.1", "tron_port": tron_port},
+    )
+    actor = FLISwarmActor.from_config(str(path))
+    actor.tron_max_delay = 1.0
+    t0 = time.monotonic()
+    await actor.start()
+    try:
+        assert time.monotonic() - t0 < 4
+        direct = await ActorClient.connect("127.0.0.1", actor_port)
+        assert (await direct.command("ping", 5)).code == ":"
+        await direct.close()
+
+        hub = await tron_hub_factory({"fliswarm": ("127.0.0.1", actor_port)}, port=tron_port)
+        client = await tron_client_factory(hub)
+        await tron_ping_ok(client, 20)
+    finally:
+        await actor.stop()
