@@ -16,6 +16,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
+from fliswarm.subcommand import SubCommand
 from fliswarm.tools import IDPool
 
 
@@ -46,76 +47,6 @@ def relay_code(code: str) -> str:
     """Returns the message code fliswarm writes for a flicamera message code."""
 
     return _CODE_MAP[code]
-
-
-class SubCommand:
-    """A command sent to one flicamera actor on behalf of a fliswarm command.
-
-    Await `wait` (or the ``future``) for its end; it never raises.
-
-    Attributes
-    ----------
-    node
-        The node (and flicamera actor) name.
-    command_id
-        The id used on the flicamera connection.
-    command_string
-        What was sent.
-    ok
-        `True` if flicamera finished it with ``:``, `False` if it failed, was cut by a
-        connection loss or timed out, `None` while it runs.
-    error
-        Why it failed, or the last error text flicamera gave (``e`` replies).
-    filenames
-        Every file flicamera reported with the ``filename`` keyword, in order.
-    """
-
-    __slots__ = (
-        "node",
-        "command_id",
-        "command_string",
-        "parent",
-        "future",
-        "ok",
-        "error",
-        "filenames",
-    )
-
-    def __init__(
-        self, node: str, command_id: int, command_string: str, parent: BaseCommand | None
-    ):
-        self.node = node
-        self.command_id = command_id
-        self.command_string = command_string
-        self.parent = parent
-        self.future: asyncio.Future[SubCommand] = asyncio.get_running_loop().create_future()
-        self.ok: bool | None = None
-        self.error: str | None = None
-        self.filenames: list[str] = []
-
-    @property
-    def done(self) -> bool:
-        return self.future.done()
-
-    def _finish(self, ok: bool, error: str | None = None) -> None:
-        if self.future.done():
-            return
-        self.ok = ok
-        if error is not None:
-            self.error = error
-        self.future.set_result(self)
-
-    async def wait(self, timeout: float | None = None) -> SubCommand:
-        """Waits until the sub-command ends, at most ``timeout`` seconds (then it fails)."""
-
-        try:
-            await asyncio.wait_for(asyncio.shield(self.future), timeout)
-        except asyncio.TimeoutError:
-            self._finish(False, f"no answer from {self.node} after {timeout:g} s.")
-        return self
-
-    def __repr__(self) -> str:
-        return f"<SubCommand {self.node}#{self.command_id} {self.command_string!r} ok={self.ok}>"
 
 
 def _sanitise(value: Any) -> Any:
@@ -188,11 +119,10 @@ class FlicameraDevice:
         self.line_limit = line_limit
 
         self.id_pool = IDPool()
-        #: Running sub-commands by command id.
+        #: Sub-commands by command id, until flicamera ends them or the connection goes. One
+        #: that timed out stays here (done) until then, so that its id is not reused and a late
+        #: reply is never taken for another command's.
         self.running: dict[int, SubCommand] = {}
-        # Ids of sub-commands that timed out: kept out of the pool until flicamera ends them
-        # (or the connection goes), so that a late reply is never taken for another command.
-        self._stale: set[int] = set()
 
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -322,11 +252,7 @@ class FlicameraDevice:
             sub = SubCommand(self.name, 0, command_string, parent)
             sub._finish(False, str(err))
             return sub
-        await sub.wait(timeout)
-        if self.running.get(sub.command_id) is sub:  # Timed out: quarantine its id.
-            del self.running[sub.command_id]
-            self._stale.add(sub.command_id)
-        return sub
+        return await sub.wait(timeout)
 
     def _end(self, sub: SubCommand, ok: bool, error: str | None = None) -> None:
         if self.running.get(sub.command_id) is sub:
@@ -339,9 +265,6 @@ class FlicameraDevice:
 
         for sub in list(self.running.values()):
             self._end(sub, False, f"{self.name}: {reason}")
-        for command_id in self._stale:
-            self.id_pool.put(command_id)
-        self._stale.clear()
 
     async def _listen(self, reader: asyncio.StreamReader) -> None:
         reason = "the connection to flicamera was closed by the remote end."
@@ -408,11 +331,10 @@ class FlicameraDevice:
                 log.warning("%s: dropped a reply with a bad command id %r", self.name, line[:200])
                 return
             sub = self.running.get(command_id)
-            if sub is None:
-                if command_id in self._stale and (code in _FINAL_OK or code in _FINAL_FAILED):
-                    self._stale.discard(command_id)
-                    self.id_pool.put(command_id)
-                log.debug("%s: dropped a reply for unknown command %r", self.name, command_id)
+            if sub is None or sub.future.done():  # Unknown, or timed out: drop.
+                if sub is not None and (code in _FINAL_OK or code in _FINAL_FAILED):
+                    self._end(sub, False)
+                log.debug("%s: dropped a reply for command %r", self.name, command_id)
                 return
 
         if data:

@@ -1,0 +1,83 @@
+"""`SubCommand`: one command sent to a flicamera actor on behalf of a fliswarm command."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    from clu.command import BaseCommand
+
+
+__all__ = ["SubCommand"]
+
+
+class SubCommand:
+    """A command sent to one flicamera actor on behalf of a fliswarm command.
+
+    Await `wait` (or the ``future``) for its end; it never raises.
+
+    Attributes
+    ----------
+    node
+        The node (and flicamera actor) name.
+    command_id
+        The id used on the flicamera connection.
+    command_string
+        What was sent.
+    ok
+        `True` if flicamera finished it with ``:``, `False` if it failed, was cut by a
+        connection loss or timed out, `None` while it runs.
+    error
+        Why it failed, or the last error text flicamera gave (``e`` replies).
+    filenames
+        Every file flicamera reported with the ``filename`` keyword, in order.
+    """
+
+    __slots__ = (
+        "node",
+        "command_id",
+        "command_string",
+        "parent",
+        "future",
+        "ok",
+        "error",
+        "filenames",
+    )
+
+    def __init__(
+        self, node: str, command_id: int, command_string: str, parent: BaseCommand | None
+    ):
+        self.node = node
+        self.command_id = command_id
+        self.command_string = command_string
+        self.parent = parent
+        self.future: asyncio.Future[SubCommand] = asyncio.get_running_loop().create_future()
+        self.ok: bool | None = None
+        self.error: str | None = None
+        self.filenames: list[str] = []
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+    def _finish(self, ok: bool, error: str | None = None) -> None:
+        if self.future.done():
+            return
+        self.ok = ok
+        if error is not None:
+            self.error = error
+        self.future.set_result(self)
+
+    async def wait(self, timeout: float | None = None) -> SubCommand:
+        """Waits until the sub-command ends, at most ``timeout`` seconds (then it fails)."""
+
+        try:
+            await asyncio.wait_for(asyncio.shield(self.future), timeout)
+        except asyncio.TimeoutError:
+            self._finish(False, f"no answer from {self.node} after {timeout:g} s.")
+        return self
+
+    def __repr__(self) -> str:
+        return f"<SubCommand {self.node}#{self.command_id} {self.command_string!r} ok={self.ok}>"
