@@ -113,10 +113,20 @@ def parse_iputils_version(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def find_ping() -> PingProgram:
+def _locate() -> tuple[str, bool]:
+    """The ``ping`` program (``$FLISWARM_PING`` or on PATH) and whether it is BusyBox."""
+
+    path = os.environ.get("FLISWARM_PING") or shutil.which("ping")
+    if path is None:
+        raise PingError("no 'ping' program found on PATH (install iputils-ping or busybox).")
+    return path, os.path.basename(os.path.realpath(path)).startswith("busybox")
+
+
+async def find_ping() -> PingProgram:
     """Finds the ``ping`` program and its flavour (cached after the first call).
 
-    ``FLISWARM_PING`` may name the program to use.
+    ``FLISWARM_PING`` may name the program to use. The flavour is told by the program's
+    name (``busybox``) or by the output of ``ping -V``.
 
     Raises
     ------
@@ -128,25 +138,25 @@ def find_ping() -> PingProgram:
     if _program is not None:
         return _program
 
-    path = os.environ.get("FLISWARM_PING") or shutil.which("ping")
-    if path is None:
-        raise PingError("no 'ping' program found on PATH (install iputils-ping or busybox).")
-
-    if os.path.basename(os.path.realpath(path)).startswith("busybox"):
+    path, is_busybox = _locate()
+    if is_busybox:
         _program = PingProgram(path, "busybox", False)
         return _program
 
-    # iputils: ask for its version, without the event loop (runs once, takes ~1 ms).
-    import subprocess
-
     try:
-        out = subprocess.run(  # noqa: S603 - fixed argv
-            [path, "-V"], capture_output=True, text=True, timeout=2, check=False
+        proc = await asyncio.create_subprocess_exec(
+            path, "-V", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
-        text = out.stdout + out.stderr
-    except (OSError, subprocess.TimeoutExpired) as err:
+        try:
+            output, _ = await asyncio.wait_for(proc.communicate(), 5)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise PingError(f"{path} -V did not answer.") from None
+    except OSError as err:
         raise PingError(f"cannot run {path!r}: {err}") from err
 
+    text = output.decode(errors="replace")
     if "busybox" in text.lower():
         _program = PingProgram(path, "busybox", False)
     else:
@@ -177,7 +187,7 @@ async def ping(addr: str, timeout: float = 2.0) -> bool:
         If the ``ping`` program is missing.
     """
 
-    program = find_ping()
+    program = await find_ping()
     argv = ping_argv(addr, timeout, program)
     try:
         proc = await asyncio.create_subprocess_exec(

@@ -1,0 +1,48 @@
+"""`fliswarm.ping` with the real iputils and BusyBox programs, on loopback only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from fliswarm import ping as ping_module
+from fliswarm.exceptions import PingError
+
+
+@pytest.fixture(autouse=True)
+def _fresh_program(monkeypatch):
+    monkeypatch.setattr(ping_module, "_program", None)
+    yield
+    ping_module._program = None
+
+
+async def test_iputils_ping_loopback():
+    if shutil.which("ping") is None:
+        pytest.skip("no ping program")
+    program = await ping_module.find_ping()
+    assert program.flavour in ("iputils", "busybox")
+    t0 = time.monotonic()
+    assert await ping_module.ping("127.0.0.1", 0.5) is True
+    assert time.monotonic() - t0 < 0.5
+
+
+async def test_busybox_ping_loopback(tmp_path, monkeypatch):
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("no busybox")
+    link = tmp_path / "ping"
+    os.symlink(busybox, link)
+    monkeypatch.setenv("FLISWARM_PING", str(link))
+    program = await ping_module.find_ping()
+    assert (program.flavour, program.fractional) == ("busybox", False)
+    assert await ping_module.ping("127.0.0.1", 0.4) is True
+
+
+async def test_missing_ping_program(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLISWARM_PING", "")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(PingError, match="no 'ping' program"):
+        await ping_module.ping("127.0.0.1", 0.5)
