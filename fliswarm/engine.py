@@ -119,6 +119,13 @@ class Engine:
         if isinstance(err, NodeError):
             return err
         if isinstance(err, asyncio.TimeoutError):
+            connect_error = getattr(aiohttp, "ConnectionTimeoutError", None)
+            if connect_error is not None and isinstance(err, connect_error):
+                return NodeTimeoutError(
+                    self.node,
+                    f"cannot connect to the Docker engine at {self.url} ({what})",
+                    self.connect_timeout,
+                )
             return NodeTimeoutError(self.node, f"Docker engine at {self.url}: {what}", timeout)
         if isinstance(err, aiodocker.DockerError):
             if err.status == _NO_CONNECTION:

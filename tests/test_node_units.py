@@ -292,3 +292,19 @@ def test_actor_config():
         actor = Actor()
 
     assert actor_config(Cmd()) == {"volumes": {"data": {}}}
+
+
+async def test_tls_engine_uses_https_and_closes():
+    import ssl
+
+    from fliswarm.engine import Engine
+
+    engine = Engine("gfa1", "tcp://127.0.0.1:2376", ssl_context=ssl.create_default_context())
+    assert str(engine._client().docker_host).startswith("https://127.0.0.1:2376")
+    await engine.close()
+    assert engine._docker is None
+    with pytest.raises(FileNotFoundError):
+        Node("gfa1", "127.0.0.1", tls={"ca": "/nonexistent/ca.pem"})
+    plain = Engine("gfa1", "tcp://127.0.0.1:2375")
+    assert str(plain._client().docker_host).startswith("tcp://")
+    await plain.close()
