@@ -1,0 +1,134 @@
+"""Helpers shared by the actor commands: node selection, container spec, per-node status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from fliswarm.tools import select_nodes, split_names
+
+
+if TYPE_CHECKING:
+    from fliswarm.actor import FLISwarmActor
+    from fliswarm.commands import FLISwarmCommand, NodesType
+    from fliswarm.node import Node
+
+
+__all__ = [
+    "choose_nodes",
+    "container_user",
+    "container_spec",
+    "report_node",
+    "report_nodes",
+    "enabled_names",
+    "status_limit",
+]
+
+
+def enabled_names(nodes: NodesType) -> list[str]:
+    """The names of the enabled nodes, in configuration order."""
+
+    return [name for name, node in nodes.items() if node.enabled]
+
+
+def choose_nodes(
+    command: FLISwarmCommand,
+    nodes: NodesType,
+    names: str | Iterable[str] | None,
+    category: str | None,
+) -> list[str]:
+    """The enabled nodes selected by names and/or category, sorted by name.
+
+    Warns about each named node that does not exist or is disabled.
+    """
+
+    for name in split_names(names):
+        if name not in nodes:
+            command.warning(text=f"{name}: no such node.")
+        elif not nodes[name].enabled:
+            command.warning(text=f"{name}: node is disabled.")
+    if names is not None and not split_names(names) and category is None:
+        return []
+    return sorted(node.name for node in select_nodes(nodes, category, names))
+
+
+def container_user(node_config: dict[str, Any]) -> str | None:
+    """``uid:gid`` (or ``uid``) the container runs as, from ``docker-uid``/``docker-gid``."""
+
+    uid, gid = node_config.get("docker-uid"), node_config.get("docker-gid")
+    if uid is None:
+        return None
+    return f"{uid}:{gid}" if gid is not None else str(uid)
+
+
+def container_spec(actor: FLISwarmActor, name: str, force: bool = False) -> dict[str, Any]:
+    """The keyword arguments of `.Node.run_container` for the flicamera container of a node.
+
+    Parameters
+    ----------
+    actor
+        The fliswarm actor (its resolved ``config``).
+    name
+        The node name.
+    force
+        Whether a running container is replaced.
+    """
+
+    config = actor.config
+    node_config = config["nodes"][name]
+    envs: dict[str, str] = {"ACTOR_NAME": name}
+    if actor.observatory:
+        envs["OBSERVATORY"] = actor.observatory
+    envs.update({str(k): str(v) for k, v in (config.get("environment") or {}).items()})
+    return {
+        "name": actor.get_container_name(name),
+        "image": config["image"],
+        "registry": config.get("registry"),
+        "volumes": list(config.get("volumes") or {}),
+        "privileged": True,
+        "envs": envs,
+        "user": container_user(node_config),
+        "network": "host",
+        "force": force,
+    }
+
+
+def status_limit(actor: FLISwarmActor) -> float:
+    """The longest a node's status report may take before it is abandoned, in seconds."""
+
+    timeouts = actor.timeouts
+    ping = float(actor.config.get("ping_timeout") or 1.0)
+    connect = float(timeouts.get("docker_connect", 2.0))
+    request = float(timeouts.get("docker_request", 10.0))
+    return max(ping, connect) + request + 1.0
+
+
+async def report_node(command: FLISwarmCommand, node: Node) -> dict[str, Any] | None:
+    """Reports one node (`.Node.report_status`) and its flicamera connection.
+
+    Never raises and never takes longer than `status_limit`; returns the report, or `None`
+    if the node could not be reported.
+    """
+
+    actor = command.actor
+    device = actor.flicameras.get(node.name)
+    result: dict[str, Any] | None = None
+    try:
+        result = await asyncio.wait_for(
+            node.report_status(command, container_name=actor.get_container_name(node)),
+            status_limit(actor),
+        )
+    except asyncio.TimeoutError:
+        command.warning(text=f"{node.name}: no status within {status_limit(actor):g} s.")
+    except Exception as err:
+        command.warning(text=f"{node.name}: cannot get the status: {err}")
+    if device is not None:
+        command.info(device=[node.name, device.is_connected(), device.host, device.port])
+    return result
+
+
+async def report_nodes(command: FLISwarmCommand, nodes: Iterable[Node]) -> list[Any]:
+    """Reports several nodes concurrently (a dead node does not delay the others)."""
+
+    return list(await asyncio.gather(*[report_node(command, node) for node in nodes]))

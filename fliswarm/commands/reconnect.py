@@ -1,0 +1,179 @@
+"""``reconnect``: (re)create the volumes and flicamera containers, then connect the cameras."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import click
+
+from fliswarm.commands import parser
+from fliswarm.commands._common import choose_nodes, container_spec
+from fliswarm.containers import short_id
+from fliswarm.exceptions import FliswarmError, NodeError
+
+
+if TYPE_CHECKING:
+    from fliswarm.commands import FLISwarmCommand, NodesType
+    from fliswarm.device import FlicameraDevice
+    from fliswarm.node import Node
+
+
+__all__ = ["reconnect", "reconnect_node", "wait_device_ready", "NotReadyError"]
+
+#: First and longest pause between two connection attempts while flicamera starts (s).
+FIRST_RETRY_DELAY = 0.05
+MAX_RETRY_DELAY = 0.5
+#: How often the container is checked while waiting for flicamera (s).
+CONTAINER_CHECK_INTERVAL = 1.0
+
+
+class NotReadyError(FliswarmError):
+    """flicamera did not accept connections in time, or its container stopped."""
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, NodeError):
+        return err.message
+    return str(err) or type(err).__name__
+
+
+async def wait_device_ready(
+    device: FlicameraDevice,
+    node: Node,
+    container: str,
+    timeout: float,
+    attempt_timeout: float = 2.0,
+) -> float:
+    """Connects ``device`` as soon as flicamera accepts connections.
+
+    Retries with a growing pause (`FIRST_RETRY_DELAY` to `MAX_RETRY_DELAY`) and checks that
+    the container still runs every `CONTAINER_CHECK_INTERVAL` seconds.
+
+    Returns
+    -------
+    float
+        How long it took, in seconds.
+
+    Raises
+    ------
+    NotReadyError
+        If flicamera does not accept a connection within ``timeout`` seconds, or the
+        container is gone or stopped.
+    """
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadline = start + timeout
+    delay = FIRST_RETRY_DELAY
+    last_check = start
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            why = f" ({device.last_error})" if device.last_error else ""
+            raise NotReadyError(f"flicamera did not accept connections within {timeout:g} s{why}.")
+        try:
+            await device.start(min(attempt_timeout, left))
+            return loop.time() - start
+        except ConnectionError:
+            pass
+        if loop.time() - last_check >= CONTAINER_CHECK_INTERVAL:
+            last_check = loop.time()
+            info = await node.engine.inspect_container(container)
+            if info is None:
+                raise NotReadyError(f"container {container} disappeared.")
+            state = info.get("State") or {}
+            if not state.get("Running"):
+                raise NotReadyError(
+                    f"container {container} is {state.get('Status', 'not running')} "
+                    f"(exit code {state.get('ExitCode')}); see docker logs {container}."
+                )
+        await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
+        delay = min(delay * 2, MAX_RETRY_DELAY)
+
+
+async def reconnect_node(command: FLISwarmCommand, node: Node, force: bool) -> str | None:
+    """Volumes, container and device of one node. Returns why it failed, or `None`."""
+
+    actor = command.actor
+    name = node.name
+    device = actor.flicameras[name]
+    spec = container_spec(actor, name, force=force)
+    container = spec["name"]
+    limit = 2 * node.connect_timeout + 1
+
+    device.auto_connect = False  # talk must not connect while the container is replaced.
+    try:
+        try:
+            await asyncio.wait_for(node.connect(), limit)
+        except asyncio.TimeoutError:
+            return f"Docker engine at {node.daemon_addr} did not answer within {limit:g} s."
+
+        if force:
+            await device.stop()  # Before the container goes, or the connection hangs.
+            await node.stop_container(container, spec["image"], force=True, command=command)
+        for vname, volume in (actor.config.get("volumes") or {}).items():
+            await node.create_volume(
+                vname, volume["driver"], volume.get("opts") or {}, force=force, command=command
+            )
+        command.info(text=f"{name}: volumes ready")
+
+        was_running = not force and await node.is_container_running(container)
+        info = await node.run_container(**spec, command=command)
+        cid = short_id(info.get("Id", "")) if info.get("Id") else "?"
+        if was_running:
+            command.info(text=f"{name}: container already running ({cid})")
+        else:
+            command.info(text=f"{name}: container started ({cid})")
+
+        await device.stop()
+        ready = float(actor.timeouts.get("container_ready", 30.0))
+        took = await wait_device_ready(
+            device, node, container, ready, attempt_timeout=actor.device_connect_timeout
+        )
+        command.info(text=f"{name}: camera connected")
+        command.debug(text=f"{name}: flicamera accepted the connection after {took:.2f} s.")
+    except (FliswarmError, ConnectionError, asyncio.TimeoutError) as err:
+        return _reason(err)
+    finally:
+        device.auto_connect = True
+    return None
+
+
+@parser.command()
+@click.option("-n", "--names", type=str, help="Comma-separated nodes to reconnect.")
+@click.option("-c", "--category", type=str, help="Category of nodes to reconnect (gfa, fvc).")
+@click.option(
+    "-f",
+    "--force",
+    is_flag=True,
+    help="Recreate the volumes and the containers even if they exist and run.",
+)
+async def reconnect(
+    command: FLISwarmCommand,
+    nodes: NodesType,
+    names: str | None,
+    category: str | None,
+    force: bool,
+):
+    """Creates the volumes, starts the flicamera containers and connects the cameras.
+
+    Without --force, existing volumes and running containers are left alone and only the
+    connection to flicamera is made again.
+    """
+
+    selected = choose_nodes(command, nodes, names, category)
+    if not selected:
+        return command.fail(error="No enabled node matches the selection.")
+
+    results = await asyncio.gather(
+        *[reconnect_node(command, nodes[name], force) for name in selected]
+    )
+    failed = {name: why for name, why in zip(selected, results, strict=True) if why}
+    for name, why in failed.items():
+        command.warning(text=f"{name}: {why}")
+    if failed:
+        command.warning(failedNodes=list(failed))
+        details = "; ".join(f"{name}: {why}" for name, why in failed.items())
+        return command.fail(error=f"Failed to reconnect {', '.join(failed)}. {details}")
+    return command.finish(text=f"Reconnected {', '.join(selected)}.")
