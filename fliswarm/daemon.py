@@ -171,7 +171,7 @@ class DaemonSpec:
         except SystemExit as exc:
             # daemonocle exits from the original process (with the first child's status)
             # and from the first child once the worker is detached.
-            if os.getpid() == origin or exc.code not in (0, None):
+            if debug or os.getpid() == origin or exc.code not in (0, None):
                 raise
             self._confirm_started()
             raise SystemExit(0) from None
