@@ -16,5 +16,5 @@ if [ -n "$missing" ]; then
     apt-get install -y -q --no-install-recommends $missing
 fi
 
-echo "== pip install -e .[dev]"
-python3 -m pip install -q -e '.[dev]'
+echo "== pip install -e .[dev,docs]"
+python3 -m pip install -q -e '.[dev,docs]'
