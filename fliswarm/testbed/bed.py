@@ -488,10 +488,7 @@ class Testbed:
                 raise RuntimeError(f"node {name} is powered off.")
             node = self.node(name)
             network.set_port(self.plan, node.index, True)
-            run(
-                ["ip", "neigh", "flush", "dev", self.plan.manager_link, "to", node.addr],
-                check=False,
-            )
+            network.pin_neighbour(self.plan, node.index)
             info["plugged"] = True
             self._save(state)
 

@@ -28,6 +28,7 @@ __all__ = [
     "create_node_net",
     "delete_node_net",
     "set_port",
+    "pin_neighbour",
     "port_is_up",
     "netns_exists",
     "list_netns",
@@ -263,7 +264,30 @@ def create_node_net(plan: Plan, name: str, index: int) -> None:
         ],
         netns=ns,
     )
-    _ip("neigh", "flush", "dev", plan.manager_link, "to", plan.node_addr(index), check=False)
+    pin_neighbour(plan, index)
+
+
+def pin_neighbour(plan: Plan, index: int) -> None:
+    """Forgets stale neighbour entries of a node, then pins its fixed MAC on the manager.
+
+    With a permanent entry the manager never ARPs for a node: when the node is powered
+    off or unplugged, frames to it vanish (TCP hangs until the client's timeout, as with
+    a real dead host) instead of failing fast with ``No route to host``.
+    """
+
+    addr = plan.node_addr(index)
+    _ip("neigh", "flush", "dev", plan.manager_link, "to", addr, check=False)
+    _ip(
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        plan.node_mac(index),
+        "dev",
+        plan.manager_link,
+        "nud",
+        "permanent",
+    )
 
 
 def delete_node_net(plan: Plan, name: str, index: int) -> None:
@@ -273,8 +297,6 @@ def delete_node_net(plan: Plan, name: str, index: int) -> None:
         _ip("link", "del", plan.node_port(index), netns=plan.switch_netns, check=False)
     if netns_exists(plan.node_netns(name)):
         _ip("netns", "del", plan.node_netns(name), check=False)
-    if link_exists(plan.manager_link):
-        _ip("neigh", "flush", "dev", plan.manager_link, "to", plan.node_addr(index), check=False)
 
 
 def set_port(plan: Plan, index: int, up: bool) -> None:

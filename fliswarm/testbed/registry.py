@@ -7,20 +7,30 @@ pushed images survive ``down`` and are pushed once for all beds.
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import shutil
 import signal
 import subprocess
 import tarfile
 import time
+import urllib.parse
 
 import yaml
 
 from .engine import http_request, process_alive, spawn
 
 
-__all__ = ["CACHE_DIR", "start_registry", "stop_registry", "registry_ready", "busybox_tar"]
+__all__ = [
+    "CACHE_DIR",
+    "start_registry",
+    "stop_registry",
+    "registry_ready",
+    "busybox_tar",
+    "publish_image_tar",
+]
 
 
 CACHE_DIR = "/var/cache/fliswarm-testbed/registry"
@@ -132,3 +142,62 @@ def busybox_tar() -> bytes:
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def _check_stream(status: int, body: bytes, what: str) -> None:
+    """Raises if an engine's JSON-lines progress stream reports an error."""
+
+    if status != 200:
+        raise RuntimeError(f"{what} failed ({status}): {body[:500]!r}")
+    for line in body.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("error"):
+            raise RuntimeError(f"{what} failed: {message['error']}")
+
+
+def publish_image_tar(
+    tar: bytes,
+    ref: str,
+    import_addr: str,
+    pull_addrs: list[str],
+    changes: list[str] | None = None,
+    timeout: float = 120.0,
+) -> None:
+    """Imports a root filesystem as an image, pushes it to a registry and pulls it elsewhere.
+
+    Parameters
+    ----------
+    tar
+        The root filesystem as a tar archive (e.g. `busybox_tar`).
+    ref
+        The image reference, ``<registry>/<name>:<tag>``.
+    import_addr
+        Address of the engine that imports and pushes the image.
+    pull_addrs
+        Addresses of the engines that pull it afterwards.
+    changes
+        Dockerfile instructions to apply on import (``CMD ["/bin/sh"]``).
+    timeout
+        Seconds allowed for each engine call.
+    """
+
+    repo, _, tag = ref.rpartition(":")
+    if not repo or "/" in tag:
+        repo, tag = ref, "latest"
+    query = [("fromSrc", "-"), ("repo", repo), ("tag", tag)]
+    query += [("changes", change) for change in changes or []]
+    path = "/images/create?" + urllib.parse.urlencode(query)
+    headers = {"Content-Type": "application/x-tar"}
+    status, body = http_request(import_addr, path, "POST", timeout, tar, headers)
+    _check_stream(status, body, f"import of {ref}")
+    auth = {"X-Registry-Auth": base64.urlsafe_b64encode(b"{}").decode()}
+    push = f"/images/{urllib.parse.quote(repo)}/push?" + urllib.parse.urlencode({"tag": tag})
+    status, body = http_request(import_addr, push, "POST", timeout, b"", auth)
+    _check_stream(status, body, f"push of {ref}")
+    pull = "/images/create?" + urllib.parse.urlencode({"fromImage": repo, "tag": tag})
+    for addr in pull_addrs:
+        status, body = http_request(addr, pull, "POST", timeout, b"", auth)
+        _check_stream(status, body, f"pull of {ref} on {addr}")

@@ -1,0 +1,253 @@
+"""Tests of the Docker test bed itself: real dockerds in network namespaces, real faults."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+
+import aiodocker
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from fliswarm.testbed import Testbed, default_names
+from fliswarm.testbed.bed import RUN_ROOT
+from fliswarm.testbed.cli import testbed as testbed_cli
+from fliswarm.testbed.fixtures import (
+    MANAGED_LABEL,
+    TEST_PREFIX,
+    Faults,
+    assert_routed_to_bed,
+)
+from fliswarm.testbed.network import list_netns, netns_exists
+
+
+pytest_plugins = ["fliswarm.testbed.fixtures"]
+
+root = pytest.mark.root
+
+
+def icmp_ping(bed: Testbed, addr: str) -> bool:
+    """One ICMP echo with a 1 s deadline (only towards the bed)."""
+
+    assert_routed_to_bed(bed, addr)
+    cmd = ["ping", "-c", "1", "-W", "1", "-q", addr]
+    return subprocess.run(cmd, capture_output=True, timeout=5).returncode == 0
+
+
+async def docker_call_time(bed: Testbed, url: str, timeout: float = 2.0) -> tuple[bool, float]:
+    """Calls ``GET /version`` with a timeout; whether it answered and how long it took."""
+
+    assert_routed_to_bed(bed, url.split("//")[1].split(":")[0])
+    start = time.monotonic()
+    docker = aiodocker.Docker(url=url)
+    try:
+        async with asyncio.timeout(timeout):
+            await docker.version()
+        ok = True
+    except (asyncio.TimeoutError, aiodocker.DockerError, OSError):
+        ok = False
+    finally:
+        await docker.close()
+    return ok, time.monotonic() - start
+
+
+def test_default_names() -> None:
+    assert default_names(3) == ["gfa1", "gfa2", "fvc"]
+    assert default_names(7) == ["gfa1", "gfa2", "gfa3", "gfa4", "gfa5", "gfa6", "fvc"]
+    with pytest.raises(ValueError):
+        default_names(0)
+
+
+def test_addressing_and_config() -> None:
+    bed = Testbed(instance=97, names=["gfa1", "gfa2", "fvc"])
+    assert bed.manager_addr == "10.250.174.1"
+    assert bed.registry == "10.250.174.1:5000"
+    assert [n.addr for n in bed.nodes] == ["10.250.174.11", "10.250.174.12", "10.250.174.13"]
+    assert bed.nodes[2].docker_url == "tcp://10.250.174.13:2375"
+    assert all(len(n.netns) <= 15 for n in bed.nodes)
+    assert len({n.mac for n in bed.nodes}) == 3
+
+    config = bed.fliswarm_config("10.250.174.1:5000/flicamera:test", port=19999)
+    assert config["actor"]["host"] == "127.0.0.1" and config["actor"]["port"] == 19999
+    assert "tron_host" not in config["actor"]
+    assert config["registry"] == bed.registry
+    assert config["nodes"]["fvc"] == {
+        "host": "10.250.174.13",
+        "port": 19995,
+        "docker-client": "tcp://10.250.174.13:2375",
+        "category": "fvc",
+    }
+    assert config["nodes"]["gfa2"]["category"] == "gfa"
+    assert config["enabled_nodes"] == ["gfa1", "gfa2", "fvc"]
+    assert config["volumes"]["data"]["opts"]["device"] == bed.data_dir
+    assert config["environment"] == {"FLICAMERA_DATA_DIR": bed.data_dir}
+
+    with pytest.raises(ValueError):
+        Testbed(instance=97, names=["gfa1", "gfa1"])
+    with pytest.raises(ValueError):
+        Testbed(instance=97, names=["Bad_Name"])
+
+
+@root
+async def test_engines_have_their_own_identity(testbed: Testbed) -> None:
+    ids = set()
+    for node in testbed.nodes:
+        docker = aiodocker.Docker(url=node.docker_url)
+        try:
+            info = await asyncio.wait_for(docker.system.info(), 10)
+        finally:
+            await docker.close()
+        assert info["Name"] == node.name
+        assert testbed.registry in str(info["RegistryConfig"]["IndexConfigs"])
+        ids.add(info["ID"])
+    assert len(ids) == len(testbed.nodes)
+
+
+@root
+async def test_privileged_container_on_every_node(
+    testbed: Testbed, testbed_busybox: str, testbed_clean: Testbed
+) -> None:
+    async def run_on(url: str) -> None:
+        docker = aiodocker.Docker(url=url)
+        try:
+            container = await docker.containers.run(
+                {
+                    "Image": testbed_busybox,
+                    "Cmd": ["sleep", "300"],
+                    "Labels": {MANAGED_LABEL: "true"},
+                    "HostConfig": {"Privileged": True},
+                },
+                name=f"{TEST_PREFIX}-privileged",
+            )
+            info = await container.show()
+            assert info["HostConfig"]["Privileged"] is True
+            assert info["State"]["Running"] is True
+        finally:
+            await docker.close()
+
+    await asyncio.wait_for(asyncio.gather(*(run_on(n.docker_url) for n in testbed.nodes)), 60)
+
+
+@root
+async def test_power_off_and_on(testbed: Testbed, testbed_faults: Faults) -> None:
+    node = testbed.node("gfa2")
+    docker = aiodocker.Docker(url=node.docker_url)
+    try:
+        await docker.volumes.create({"Name": f"{TEST_PREFIX}-survivor"})
+    finally:
+        await docker.close()
+
+    await testbed_faults.power_off("gfa2")
+    assert not netns_exists(node.netns)
+    assert not await asyncio.to_thread(icmp_ping, testbed, node.addr)
+    ok, elapsed = await docker_call_time(testbed, node.docker_url, timeout=2.0)
+    assert not ok and 1.5 <= elapsed <= 4.0, elapsed
+    status = await asyncio.to_thread(testbed.status)
+    assert status["gfa2"]["powered"] is False and status["gfa1"]["answering"] is True
+
+    await testbed_faults.power_on("gfa2")
+    assert await asyncio.to_thread(icmp_ping, testbed, node.addr)
+    ok, _ = await docker_call_time(testbed, node.docker_url, timeout=5.0)
+    assert ok
+    docker = aiodocker.Docker(url=node.docker_url)
+    try:
+        names = [v["Name"] for v in (await docker.volumes.list())["Volumes"] or []]
+        assert f"{TEST_PREFIX}-survivor" in names
+    finally:
+        await docker.close()
+
+
+@root
+async def test_unplug_and_plug(testbed: Testbed, testbed_faults: Faults) -> None:
+    node = testbed.node("fvc")
+    await testbed_faults.unplug("fvc")
+    assert not await asyncio.to_thread(icmp_ping, testbed, node.addr)
+    ok, elapsed = await docker_call_time(testbed, node.docker_url, timeout=2.0)
+    assert not ok and 1.5 <= elapsed <= 4.0, elapsed
+    status = await asyncio.to_thread(testbed.status)
+    assert status["fvc"]["engine"] is True and status["fvc"]["plugged"] is False
+
+    await testbed_faults.plug("fvc")
+    assert await asyncio.to_thread(icmp_ping, testbed, node.addr)
+    assert (await docker_call_time(testbed, node.docker_url, timeout=5.0))[0]
+
+
+@root
+async def test_stop_and_start_engine(testbed: Testbed, testbed_faults: Faults) -> None:
+    node = testbed.node("gfa1")
+    await testbed_faults.stop_engine("gfa1")
+    assert await asyncio.to_thread(icmp_ping, testbed, node.addr)
+    ok, elapsed = await docker_call_time(testbed, node.docker_url, timeout=2.0)
+    assert not ok and elapsed < 1.0  # connection refused at once: the host is up
+
+    await testbed_faults.start_engine("gfa1")
+    assert (await docker_call_time(testbed, node.docker_url, timeout=5.0))[0]
+
+
+@root
+def test_fault_fixture_restores(testbed: Testbed) -> None:
+    status = testbed.status()
+    assert all(s["powered"] and s["plugged"] and s["answering"] for s in status.values())
+
+
+@root
+def test_cli_reports_the_bed(testbed: Testbed) -> None:
+    runner = CliRunner()
+    instance = ["--instance", str(testbed.instance)]
+    result = runner.invoke(testbed_cli, ["status", *instance])
+    assert result.exit_code == 0, result.output
+    assert all(n.name in result.output for n in testbed.nodes)
+    result = runner.invoke(testbed_cli, ["env", *instance])
+    assert f"export FLISWARM_TESTBED_REGISTRY={testbed.registry}" in result.output
+    result = runner.invoke(testbed_cli, ["config", *instance, "--image", "x/flicamera:1"])
+    config = yaml.safe_load(result.output)
+    assert config["image"] == "x/flicamera:1"
+    assert set(config["nodes"]) == {n.name for n in testbed.nodes}
+
+
+def _bed_leftovers(bed: Testbed) -> list[str]:
+    found = [f"netns {ns}" for ns in list_netns(bed.plan.prefix + "-")]
+    if os.path.exists(f"/sys/class/net/{bed.plan.manager_link}"):
+        found.append(bed.plan.manager_link)
+    with open("/proc/self/mountinfo") as f:
+        found += [line.split()[4] for line in f if bed.run_dir in line or bed.lib_dir in line]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if (bed.run_dir + "/").encode() in f.read():
+                    found.append(f"process {pid}")
+        except OSError:
+            pass
+    for path in (bed.run_dir, bed.lib_dir):
+        if os.path.exists(path):
+            found.append(path)
+    return found
+
+
+@root
+def test_up_down_idempotent(testbed: Testbed) -> None:
+    bed = Testbed(instance=testbed.instance + 50, n_nodes=2)
+    bed.down()
+    assert not bed.is_up()
+    try:
+        bed.up()
+        pids = dict(bed._state()["nodes"])
+        start = time.monotonic()
+        bed.up()
+        assert time.monotonic() - start < 1.0
+        assert bed._state()["nodes"] == pids
+        assert all(s["answering"] for s in bed.status().values())
+    finally:
+        bed.down()
+    bed.down()
+    assert _bed_leftovers(bed) == []
+    assert os.path.isdir(RUN_ROOT)
+    route = subprocess.run(
+        ["ip", "route", "get", f"10.250.{77 + bed.instance}.50"], capture_output=True, timeout=5
+    )
+    assert route.returncode != 0 and b"No route to host" in route.stderr
+    routes = subprocess.run(["ip", "route", "show"], capture_output=True, timeout=5).stdout
+    assert b"unreachable 10.250.0.0/16" in routes
