@@ -6,27 +6,32 @@ import asyncio
 import os
 import subprocess
 import time
+from typing import TYPE_CHECKING
 
 import aiodocker
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from fliswarm.testbed import Testbed, default_names
+from fliswarm.testbed import Testbed, cli, default_names
 from fliswarm.testbed.bed import RUN_ROOT
-from fliswarm.testbed.cli import testbed as testbed_cli
-from fliswarm.testbed.fixtures import (
-    MANAGED_LABEL,
-    TEST_PREFIX,
-    Faults,
-    assert_routed_to_bed,
-)
 from fliswarm.testbed.network import list_netns, netns_exists
+
+
+if TYPE_CHECKING:
+    from fliswarm.testbed.fixtures import Faults
 
 
 pytest_plugins = ["fliswarm.testbed.fixtures"]
 
 root = pytest.mark.root
+
+MANAGED_LABEL = "org.sdss.fliswarm.managed"
+TEST_PREFIX = "fliswarm-test"
+
+
+def assert_routed_to_bed(bed: Testbed, addr: str) -> None:
+    assert bed.routed_to_bed(addr), f"traffic to {addr} would leave the test bed"
 
 
 def icmp_ping(bed: Testbed, addr: str) -> bool:
@@ -197,12 +202,12 @@ def test_fault_fixture_restores(testbed: Testbed) -> None:
 def test_cli_reports_the_bed(testbed: Testbed) -> None:
     runner = CliRunner()
     instance = ["--instance", str(testbed.instance)]
-    result = runner.invoke(testbed_cli, ["status", *instance])
+    result = runner.invoke(cli.testbed, ["status", *instance])
     assert result.exit_code == 0, result.output
     assert all(n.name in result.output for n in testbed.nodes)
-    result = runner.invoke(testbed_cli, ["env", *instance])
+    result = runner.invoke(cli.testbed, ["env", *instance])
     assert f"export FLISWARM_TESTBED_REGISTRY={testbed.registry}" in result.output
-    result = runner.invoke(testbed_cli, ["config", *instance, "--image", "x/flicamera:1"])
+    result = runner.invoke(cli.testbed, ["config", *instance, "--image", "x/flicamera:1"])
     config = yaml.safe_load(result.output)
     assert config["image"] == "x/flicamera:1"
     assert set(config["nodes"]) == {n.name for n in testbed.nodes}

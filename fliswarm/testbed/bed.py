@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import engine, network
-from .network import Plan, run
+from .faults import FaultsMixin
+from .network import Plan, ensure_packages, run
 from .registry import start_registry, stop_registry
 
 
@@ -26,16 +27,6 @@ __all__ = ["Testbed", "Node", "ensure_packages", "default_names", "RUN_ROOT", "L
 
 RUN_ROOT = "/run/fliswarm-testbed"
 LIB_ROOT = "/var/lib/fliswarm-testbed"
-
-#: Debian packages the test bed needs.
-PACKAGES = [
-    "docker.io",
-    "docker-registry",
-    "busybox-static",
-    "iputils-ping",
-    "iproute2",
-    "util-linux",
-]
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,31}$")
 _SWEEP_PROGRAMS = {
@@ -47,36 +38,6 @@ _SWEEP_PROGRAMS = {
     "nsenter",
     "unshare",
 }
-
-
-def ensure_packages(timeout: float = 900.0) -> list[str]:
-    """Installs the Debian packages of the test bed that are missing.
-
-    Returns
-    -------
-    list
-        The packages that were installed (empty when all were present).
-    """
-
-    proc = run(["dpkg-query", "-W", "-f", "${Package} ${Status}\n", *PACKAGES], check=False)
-    installed = {
-        line.split()[0]
-        for line in proc.stdout.decode().splitlines()
-        if line.endswith("install ok installed")
-    }
-    missing = [p for p in PACKAGES if p not in installed]
-    if not missing:
-        return []
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    apt = ["apt-get", "-y", "-q", "-o", "Dpkg::Options::=--force-confold"]
-    import subprocess
-
-    args = [*apt, "install", "--no-install-recommends", *missing]
-    result = subprocess.run(args, env=env, stdin=subprocess.DEVNULL, timeout=timeout, check=False)
-    if result.returncode != 0:
-        subprocess.run([*apt, "update"], env=env, stdin=subprocess.DEVNULL, timeout=timeout)
-        subprocess.run(args, env=env, stdin=subprocess.DEVNULL, timeout=timeout, check=True)
-    return missing
 
 
 def default_names(n_nodes: int) -> list[str]:
@@ -108,7 +69,7 @@ class Node:
         return re.sub(r"\d+$", "", self.name) or self.name
 
 
-class Testbed:
+class Testbed(FaultsMixin):
     """A test bed of Docker nodes in network namespaces on this machine.
 
     Parameters
@@ -122,6 +83,8 @@ class Testbed:
         Node names; default `default_names` (``gfa1, gfa2, fvc`` for 3 nodes), or those
         of the running bed of this instance.
     """
+
+    __test__ = False  # not a pytest test class
 
     def __init__(
         self,
@@ -399,159 +362,6 @@ class Testbed:
         for point in sorted(points, key=len, reverse=True):
             if point.startswith(prefixes):
                 run(["umount", "-l", point], check=False)
-
-    # ---------------------------------------------------------------- repair
-
-    def restore(self, timeout: float = 60.0) -> None:
-        """Powers on, plugs in and starts the engine of every node that needs it."""
-
-        with self._locked():
-            state = self._state()
-            reg = state["registry"]
-            if not engine.process_alive(reg.get("pid"), self._registry_marker):
-                reg["pid"] = start_registry(self.manager_addr, self.run_dir)
-                self._save(state)
-
-            def fix(node: Node) -> None:
-                info = state["nodes"][node.name]
-                spec = self.engine_spec(node.name)
-                if not info["powered"] or not network.netns_exists(node.netns):
-                    self.power_on(node.name, timeout=timeout)
-                    return
-                if not info["plugged"]:
-                    self.plug(node.name)
-                if not engine.process_alive(info.get("pid"), spec.config_path):
-                    self.start_engine(node.name, timeout=timeout)
-
-            self._parallel(fix)
-
-    # ------------------------------------------------------------------ faults
-
-    def _node_state(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        self.node(name)
-        state = self._state()
-        return state, state["nodes"][name]
-
-    def power_off(self, name: str) -> None:
-        """Pulls the node's power: SIGKILLs all its processes, deletes its veth and netns.
-
-        Its address disappears and packets to it vanish (a Docker call hangs until the
-        client's timeout). Its images and volumes survive for `power_on`.
-        """
-
-        with self._locked():
-            state, info = self._node_state(name)
-            node, spec = self.node(name), self.engine_spec(name)
-            pid = info.get("pid")
-            if info["powered"] and network.netns_exists(node.netns):
-                network.set_port(self.plan, node.index, False)  # the cable first: no RST
-            engine.kill_cgroup(spec.cgroup, ((pid, spec.config_path),) if pid else ())
-            network.delete_node_net(self.plan, node.name, node.index)
-            engine.remove_cgroup(spec)
-            info.update(powered=False, engine=False, pid=None)
-            self._save(state)
-
-    def power_on(self, name: str, timeout: float = 60.0) -> None:
-        """Powers the node back on: same MAC and address, its engine with its old data.
-
-        The node comes back plugged in; containers with a restart policy restart.
-        """
-
-        with self._locked():
-            state, info = self._node_state(name)
-            node, spec = self.node(name), self.engine_spec(name)
-            if info["powered"] and network.netns_exists(node.netns):
-                return
-            network.create_node_net(self.plan, node.name, node.index)
-            pid = engine.start_engine(spec)
-            info.update(powered=True, plugged=True, engine=True, pid=pid)
-            self._save(state)
-            engine.wait_ready(spec, pid, timeout=timeout)
-
-    def unplug(self, name: str) -> None:
-        """Unplugs the node's network cable (its switch port goes down); the engine runs on."""
-
-        with self._locked():
-            state, info = self._node_state(name)
-            if not info["powered"]:
-                raise RuntimeError(f"node {name} is powered off.")
-            network.set_port(self.plan, self.node(name).index, False)
-            info["plugged"] = False
-            self._save(state)
-
-    def plug(self, name: str) -> None:
-        """Plugs the node's network cable back in."""
-
-        with self._locked():
-            state, info = self._node_state(name)
-            if not info["powered"]:
-                raise RuntimeError(f"node {name} is powered off.")
-            node = self.node(name)
-            network.set_port(self.plan, node.index, True)
-            network.pin_neighbour(self.plan, node.index)
-            info["plugged"] = True
-            self._save(state)
-
-    def stop_engine(self, name: str, timeout: float = 15.0) -> None:
-        """Stops the node's dockerd (SIGTERM, then SIGKILL after ``timeout``); the netns stays."""
-
-        with self._locked():
-            state, info = self._node_state(name)
-            engine.terminate_engine(self.engine_spec(name), info.get("pid"), timeout=timeout)
-            info.update(engine=False, pid=None)
-            self._save(state)
-
-    def start_engine(self, name: str, timeout: float = 60.0) -> None:
-        """Starts the node's dockerd again and waits until it answers."""
-
-        with self._locked():
-            state, info = self._node_state(name)
-            if not info["powered"]:
-                raise RuntimeError(f"node {name} is powered off.")
-            spec = self.engine_spec(name)
-            if engine.process_alive(info.get("pid"), spec.config_path):
-                return
-            pid = engine.start_engine(spec)
-            info.update(engine=True, pid=pid)
-            self._save(state)
-            if info["plugged"]:
-                engine.wait_ready(spec, pid, timeout=timeout)
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        """The state of every node, probed now.
-
-        Returns
-        -------
-        dict
-            Per node name: ``addr``, ``powered`` (its netns exists), ``plugged``,
-            ``engine`` (dockerd process alive), ``answering`` (``GET /_ping`` over TCP
-            within 1 s) and ``reachable`` (ICMP echo within 1 s). Nodes that do not
-            exist are never probed over the network.
-        """
-
-        state = self._load()
-        out: dict[str, dict[str, Any]] = {}
-
-        def probe(node: Node) -> None:
-            info = (state or {}).get("nodes", {}).get(node.name, {})
-            spec = self.engine_spec(node.name)
-            powered = state is not None and network.netns_exists(node.netns)
-            result = {
-                "addr": node.addr,
-                "powered": powered,
-                "plugged": powered and network.port_is_up(self.plan, node.index),
-                "engine": powered and engine.process_alive(info.get("pid"), spec.config_path),
-                "answering": False,
-                "reachable": False,
-            }
-            if powered and network.link_exists(self.plan.manager_link):
-                result["answering"] = engine.ping(node.addr, timeout=1.0)
-                cmd = ["ping", "-c", "1", "-W", "1", "-q", node.addr]
-                result["reachable"] = run(cmd, check=False, timeout=5).returncode == 0
-            out[node.name] = result
-
-        self._parallel(probe)
-        return {n.name: out[n.name] for n in self.nodes}
 
     # ------------------------------------------------------------ configuration
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from . import engine, network
+from . import engine
 from .bed import Node, Testbed
 from .registry import busybox_tar, publish_image_tar
 
@@ -65,19 +65,9 @@ def testbed() -> Iterator[Testbed]:
 
 
 def assert_routed_to_bed(bed: Testbed, addr: str) -> None:
-    """Fails unless traffic to ``addr`` stays on the bed (or is refused locally).
+    """Fails unless traffic to ``addr`` stays on the bed (see `.Testbed.routed_to_bed`)."""
 
-    Call it before probing a node that may be powered off: its packets must go to the
-    bed's switch (where they vanish) and never follow another route.
-    """
-
-    out = network.run(["ip", "-o", "route", "get", addr], check=False)
-    text = (out.stdout + out.stderr).decode()
-    assert (
-        f"dev {bed.plan.manager_link}" in text
-        or "unreachable" in text.lower()
-        or ("No route to host" in text)
-    ), f"traffic to {addr} would leave the test bed: {text!r}"
+    assert bed.routed_to_bed(addr), f"traffic to {addr} would leave the test bed."
 
 
 def _managed(labels: dict[str, str] | None, name: str) -> bool:

@@ -22,6 +22,8 @@ __all__ = [
     "CommandError",
     "Plan",
     "run",
+    "ensure_packages",
+    "PACKAGES",
     "safety_route",
     "create_switch",
     "delete_switch",
@@ -40,6 +42,16 @@ __all__ = [
 
 NETNS_DIR = "/run/netns"
 SAFETY_ROUTE = "10.250.0.0/16"
+#: Debian packages the test bed needs.
+PACKAGES = [
+    "docker.io",
+    "docker-registry",
+    "busybox-static",
+    "iputils-ping",
+    "iproute2",
+    "util-linux",
+]
+
 SWITCH_BRIDGE = "br0"
 SWITCH_MANAGER_PORT = "mgr"
 
@@ -81,6 +93,34 @@ def run(
         err = proc.stderr.decode(errors="replace").strip()
         raise CommandError(f"{' '.join(args)!r} failed ({proc.returncode}): {err}")
     return proc
+
+
+def ensure_packages(timeout: float = 900.0) -> list[str]:
+    """Installs the Debian packages of the test bed that are missing.
+
+    Returns
+    -------
+    list
+        The packages that were installed (empty when all were present).
+    """
+
+    proc = run(["dpkg-query", "-W", "-f", "${Package} ${Status}\n", *PACKAGES], check=False)
+    installed = {
+        line.split()[0]
+        for line in proc.stdout.decode().splitlines()
+        if line.endswith("install ok installed")
+    }
+    missing = [p for p in PACKAGES if p not in installed]
+    if not missing:
+        return []
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    apt = ["apt-get", "-y", "-q", "-o", "Dpkg::Options::=--force-confold"]
+    args = [*apt, "install", "--no-install-recommends", *missing]
+    result = subprocess.run(args, env=env, stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+    if result.returncode != 0:
+        subprocess.run([*apt, "update"], env=env, stdin=subprocess.DEVNULL, timeout=timeout)
+        subprocess.run(args, env=env, stdin=subprocess.DEVNULL, timeout=timeout, check=True)
+    return missing
 
 
 @dataclass(frozen=True)
