@@ -222,7 +222,7 @@ def reap_children() -> None:
 
     for pid, proc in list(_children.items()):
         if proc.poll() is not None:
-            del _children[pid]
+            _children.pop(pid, None)
 
 
 def process_alive(pid: int | None, marker: str) -> bool:
