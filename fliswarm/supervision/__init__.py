@@ -1,0 +1,243 @@
+"""Self-healing supervision of the nodes: watch every engine's events, converge to the config.
+
+`Supervisor` is what the actor holds (``actor.supervisor``)::
+
+    supervisor = Supervisor(actor)
+    await supervisor.start()          # watch every enabled node (adopts running containers)
+    supervisor.watch("gfa1")          # start supervising a node (after ``enable``)
+    await supervisor.unwatch("gfa1")  # stop (after ``disable``); its state becomes disabled
+    async with supervisor.node_lock("gfa1"):
+        ...                           # operator work: the supervisor does not act meanwhile
+    supervisor.state("gfa1")          # NodeStatus(state=online, since=..., reason=...)
+    await supervisor.stop()
+
+Per node, an `.EventWatcher` keeps a subscription to the engine's container events and a
+`.NodeReconciler` runs reconcile steps when something happens (see their modules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fliswarm.containers import LABEL_NODE, short_id
+
+from .desired import DesiredNode, container_spec, container_user, desired_node
+from .events import EventWatcher
+from .reconciler import NodeReconciler, Outcome
+from .state import Backoff, NodeState, NodeStatus, should_restart
+
+
+__all__ = [
+    "Supervisor",
+    "NodeState",
+    "NodeStatus",
+    "Backoff",
+    "DesiredNode",
+    "Outcome",
+    "container_spec",
+    "container_user",
+    "desired_node",
+    "should_restart",
+]
+
+log = logging.getLogger("fliswarm.supervision")
+
+
+class Supervisor:
+    """Supervises the enabled nodes of a fliswarm actor.
+
+    Parameters
+    ----------
+    actor
+        The `.FLISwarmActor` (its ``config``, ``nodes``, ``flicameras`` and ``write``).
+    max_concurrent
+        How many nodes may be repaired (Docker calls) at the same time.
+    backoff
+        ``(initial, maximum, factor, jitter)`` of each node's reconcile back-off.
+    safety_interval
+        Seconds between two unprompted reconcile steps of a healthy node (the safety net
+        behind the events); defaults to the configured ``status_interval`` (or 300).
+    """
+
+    def __init__(
+        self,
+        actor: Any,
+        max_concurrent: int = 4,
+        backoff: tuple[float, float, float, float] = (0.5, 30.0, 2.0, 0.25),
+        safety_interval: float | None = None,
+    ) -> None:
+        self.actor = actor
+        self.backoff = backoff
+        if safety_interval is None:
+            safety_interval = float(actor.config.get("status_interval") or 300)
+        self.safety_interval = safety_interval
+        self.max_concurrent = max_concurrent
+        self.reconcilers: dict[str, NodeReconciler] = {}
+        self.watchers: dict[str, EventWatcher] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._semaphore: asyncio.Semaphore | None = None
+        self._statuses: dict[str, NodeStatus] = {}
+        self.running = False
+
+    # ----------------------------------------------------------------- public API
+
+    def node_lock(self, name: str) -> asyncio.Lock:
+        """The lock of a node, shared by the supervisor and operator commands.
+
+        Hold it while changing a node's container (``reconnect``): the supervisor waits.
+        """
+
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the `max_concurrent` slots for Docker work across nodes."""
+
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.max_concurrent)
+        async with self._semaphore:
+            yield
+
+    def state(self, name: str) -> NodeStatus:
+        """The state of a node (``disabled`` if it is not supervised)."""
+
+        reconciler = self.reconcilers.get(name)
+        if reconciler is not None:
+            return reconciler.status
+        return self._statuses.setdefault(
+            name, NodeStatus(NodeState.DISABLED, reason="not supervised")
+        )
+
+    def states(self) -> dict[str, NodeStatus]:
+        """The state of every configured node."""
+
+        return {name: self.state(name) for name in self.actor.nodes}
+
+    def is_offline(self, name: str) -> bool:
+        """Whether the node's engine is known not to answer right now."""
+
+        watcher = self.watchers.get(name)
+        return bool(
+            watcher is not None
+            and watcher.running
+            and not watcher.connected
+            and self.state(name).state is NodeState.OFFLINE
+        )
+
+    async def start(self) -> None:
+        """Starts supervising every enabled node."""
+
+        self.running = True
+        self.sync()
+
+    def sync(self) -> None:
+        """Watches the enabled nodes and stops watching the others (after enable/disable)."""
+
+        for name, node in self.actor.nodes.items():
+            if node.enabled:
+                self.watch(name)
+            elif name in self.reconcilers:
+                asyncio.ensure_future(self.unwatch(name))
+
+    def watch(self, name: str) -> None:
+        """Starts supervising a node (no-op if already supervised or not running)."""
+
+        if not self.running or name in self.reconcilers:
+            return
+        node = self.actor.nodes[name]
+        reconciler = NodeReconciler(self, name)
+        self.reconcilers[name] = reconciler
+        self._statuses.pop(name, None)
+        device = self.actor.flicameras.get(name)
+        if device is not None and hasattr(device, "lost_callbacks"):
+            device.lost_callbacks.append(self._device_lost)
+        watcher = EventWatcher(
+            name,
+            node.daemon_addr,
+            on_event=lambda event: self._on_event(name, event),
+            on_connected=reconciler.engine_connected,
+            on_lost=reconciler.engine_lost,
+            connect_timeout=float(node.connect_timeout),
+            tls=node.tls,
+        )
+        self.watchers[name] = watcher
+        watcher.start()
+        reconciler.start()
+
+    async def unwatch(self, name: str) -> None:
+        """Stops supervising a node; its state becomes ``disabled``."""
+
+        reconciler = self.reconcilers.pop(name, None)
+        watcher = self.watchers.pop(name, None)
+        device = self.actor.flicameras.get(name)
+        if device is not None and self._device_lost in getattr(device, "lost_callbacks", []):
+            device.lost_callbacks.remove(self._device_lost)
+        if watcher is not None:
+            await watcher.stop()
+        if reconciler is not None:
+            await reconciler.stop()
+        status = self._statuses.setdefault(name, NodeStatus())
+        if status.set(NodeState.DISABLED, "not supervised") or reconciler is not None:
+            self.broadcast("i", nodeState=status.keyword(name))
+
+    def replace(self, name: str) -> None:
+        """Replaces the node's container at the next step if it drifted."""
+
+        reconciler = self.reconcilers.get(name)
+        if reconciler is not None:
+            reconciler.force_replace = True
+            reconciler.wake()
+
+    def wake(self, name: str) -> None:
+        """Asks for a reconcile step of a node."""
+
+        reconciler = self.reconcilers.get(name)
+        if reconciler is not None:
+            reconciler.wake()
+
+    async def stop(self) -> None:
+        """Stops all supervision (containers are left as they are)."""
+
+        self.running = False
+        await asyncio.gather(
+            *[self.unwatch(name) for name in list(self.reconcilers)], return_exceptions=True
+        )
+
+    # ----------------------------------------------------------------- callbacks
+
+    def broadcast(self, code: str, **keywords: Any) -> None:
+        """Writes an unsolicited reply to every user of the actor (never raises)."""
+
+        try:
+            self.actor.write(code, keywords)
+        except Exception as err:
+            log.warning("cannot write %r: %s", keywords, err)
+
+    def _on_event(self, name: str, event: dict[str, Any]) -> None:
+        actor = event.get("Actor") or {}
+        attrs = actor.get("Attributes") or {}
+        reconciler = self.reconcilers.get(name)
+        if reconciler is None or attrs.get(LABEL_NODE, name) != name:
+            return
+        if attrs.get("name") != self.actor.get_container_name(name):
+            return
+        action = str(event.get("Action") or event.get("status") or "?")
+        value: list[Any] = [name, action, short_id(str(actor.get("ID") or event.get("id") or ""))]
+        if "exitCode" in attrs:
+            value.append(int(attrs["exitCode"]) if str(attrs["exitCode"]).isdigit() else None)
+        reconciler.last_event = event
+        self.broadcast("i", containerEvent=value)
+        if action != "kill":  # die follows kill; a start may need the device connected.
+            reconciler.wake()
+
+    def _device_lost(self, device: Any, reason: str) -> None:
+        reconciler = self.reconcilers.get(device.name)
+        if reconciler is not None:
+            reconciler.wake()

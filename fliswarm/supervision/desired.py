@@ -1,0 +1,184 @@
+"""The desired state of a node, derived from the configuration (pure logic).
+
+`container_spec` is the one definition of the flicamera container of a node (the
+``reconnect`` command uses it too); `desired_node` adds what the supervisor converges to:
+the volumes, the config hash the running container must carry, the restart policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fliswarm.containers import (
+    LABEL_CONFIG_HASH,
+    LABEL_MANAGED,
+    canonical_config,
+    config_hash,
+    image_reference,
+    mount_target,
+)
+
+from .state import engine_restart_policy
+
+
+__all__ = [
+    "ActorLike",
+    "DesiredNode",
+    "container_user",
+    "container_spec",
+    "desired_hash",
+    "desired_node",
+    "container_drift",
+]
+
+
+class ActorLike(Protocol):
+    """What the desired state needs from the actor."""
+
+    config: dict[str, Any]
+    observatory: str | None
+
+    def get_container_name(self, node: Any) -> str: ...
+
+
+def container_user(node_config: Mapping[str, Any]) -> str | None:
+    """``uid:gid`` (or ``uid``) the container runs as, from ``docker-uid``/``docker-gid``."""
+
+    uid, gid = node_config.get("docker-uid"), node_config.get("docker-gid")
+    if uid is None:
+        return None
+    return f"{uid}:{gid}" if gid is not None else str(uid)
+
+
+def container_spec(actor: ActorLike, name: str, force: bool = False) -> dict[str, Any]:
+    """The keyword arguments of `.Node.run_container` for the flicamera container of a node.
+
+    Parameters
+    ----------
+    actor
+        The fliswarm actor (its resolved ``config`` and ``observatory``).
+    name
+        The node name.
+    force
+        Whether a running container is replaced.
+    """
+
+    config = actor.config
+    node_config = config["nodes"][name]
+    envs: dict[str, str] = {"ACTOR_NAME": name}
+    if actor.observatory:
+        envs["OBSERVATORY"] = actor.observatory
+    envs.update({str(k): str(v) for k, v in (config.get("environment") or {}).items()})
+    return {
+        "name": actor.get_container_name(name),
+        "image": config["image"],
+        "registry": config.get("registry"),
+        "volumes": list(config.get("volumes") or {}),
+        "privileged": True,
+        "envs": envs,
+        "user": container_user(node_config),
+        "network": "host",
+        "force": force,
+    }
+
+
+def desired_hash(
+    spec: Mapping[str, Any],
+    volumes: Mapping[str, Mapping[str, Any]],
+    registry: str | None = None,
+) -> str | None:
+    """The config hash `.Node.run_container` gives a container made from ``spec``.
+
+    Mount points come from the configured volumes' ``device`` option, as the node derives
+    them from the volumes it creates from the same configuration. `None` if a volume has
+    no usable device (the container could not be created either).
+    """
+
+    ref = image_reference(spec["image"], spec.get("registry") or registry)
+    mounts: dict[str, str] = {}
+    for vname in spec.get("volumes") or ():
+        opts = (volumes.get(vname) or {}).get("opts") or {}
+        try:
+            mounts[vname] = mount_target(opts.get("device"), vname)
+        except ValueError:
+            return None
+    canonical = canonical_config(
+        spec["name"],
+        ref,
+        mounts,
+        bool(spec.get("privileged")),
+        spec.get("envs"),
+        {},
+        spec.get("network", "host"),
+        spec.get("user"),
+        spec.get("cmd"),
+    )
+    return config_hash(canonical)
+
+
+@dataclass(frozen=True)
+class DesiredNode:
+    """What one enabled node should look like."""
+
+    #: The node name.
+    name: str
+    #: The flicamera container name (``flicamera-gfa1``).
+    container: str
+    #: `.Node.run_container` keyword arguments (without ``force``).
+    spec: dict[str, Any]
+    #: Volumes to create: name to ``{driver, opts}``.
+    volumes: dict[str, dict[str, Any]]
+    #: The config hash label the container must carry (`None`: cannot be computed).
+    config_hash: str | None
+    #: ``always``, ``on-failure`` or ``never``.
+    restart_policy: str
+    #: Whether fliswarm repairs the node.
+    self_healing: bool
+    #: Whether a drifted container is replaced without an operator command.
+    replace_drifted: bool
+    #: The engine's restart policy for the container (`.engine_restart_policy`).
+    engine_restart: dict[str, Any] = field(default_factory=dict)
+
+
+def desired_node(actor: ActorLike, name: str) -> DesiredNode:
+    """The desired state of a node from the actor's resolved configuration."""
+
+    config = actor.config
+    spec = container_spec(actor, name)
+    spec.pop("force")
+    volumes = {
+        vname: {"driver": volume.get("driver", "local"), "opts": dict(volume.get("opts") or {})}
+        for vname, volume in (config.get("volumes") or {}).items()
+    }
+    policy = str(config.get("restart_policy", "always"))
+    healing = bool(config.get("self_healing", True))
+    return DesiredNode(
+        name=name,
+        container=spec["name"],
+        spec=spec,
+        volumes=volumes,
+        config_hash=desired_hash(spec, volumes, config.get("registry")),
+        restart_policy=policy,
+        self_healing=healing,
+        replace_drifted=bool(config.get("replace_drifted", False)),
+        engine_restart=engine_restart_policy(policy, healing),
+    )
+
+
+def container_drift(info: Mapping[str, Any], desired: DesiredNode) -> str | None:
+    """Why a container differs from the desired one, or `None` if it does not.
+
+    Only fliswarm's own containers are compared (by their config hash label).
+    """
+
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    if labels.get(LABEL_MANAGED) != "true" or desired.config_hash is None:
+        return None
+    found = labels.get(LABEL_CONFIG_HASH)
+    if found == desired.config_hash:
+        return None
+    if not found:
+        return "the container has no config hash label"
+    return f"config hash {found[:12]} differs from the configured {desired.config_hash[:12]}"

@@ -1,0 +1,354 @@
+"""`NodeReconciler`: observes one node and moves it towards its desired state.
+
+One asyncio task per supervised node waits for a reason to look at the node (an engine
+event, the flicamera connection dropping, the event stream coming back, or the slow
+safety-net timer), then runs one idempotent `reconcile` step under the node's lock. Steps
+are rate-limited by an exponential back-off with jitter that is only reset once the node
+has stayed healthy for `NodeReconciler.stable_after` seconds, so a flapping node never
+causes a hot loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from fliswarm.containers import short_id
+from fliswarm.exceptions import FliswarmError, NodeError
+
+from .desired import DesiredNode, container_drift, desired_node
+from .state import Backoff, NodeState, NodeStatus, should_restart
+
+
+if TYPE_CHECKING:
+    from . import Supervisor
+
+
+__all__ = ["NodeReconciler", "Outcome"]
+
+log = logging.getLogger("fliswarm.supervision")
+
+
+class Outcome(enum.Enum):
+    """How a reconcile step ended, which decides when the next one runs."""
+
+    #: Observed equals desired (possibly after a repair).
+    OK = "ok"
+    #: A repair was made and worked.
+    REPAIRED = "repaired"
+    #: Not right and could not be repaired now: retry after the back-off.
+    RETRY = "retry"
+    #: Not right, but nothing is to be done (policy, self-healing off, disabled, busy).
+    HOLD = "hold"
+    #: The engine does not answer: wait for the event stream to come back.
+    OFFLINE = "offline"
+
+
+class NodeReconciler:
+    """Supervision of one node.
+
+    Parameters
+    ----------
+    supervisor
+        The `.Supervisor`.
+    name
+        The node name.
+    """
+
+    #: Seconds a node must stay healthy before the back-off starts again from its minimum.
+    stable_after: float = 10.0
+
+    def __init__(self, supervisor: Supervisor, name: str) -> None:
+        self.supervisor = supervisor
+        self.actor = supervisor.actor
+        self.name = name
+        self.status = NodeStatus()
+        self.backoff = Backoff(*supervisor.backoff)
+        self.wake_event = asyncio.Event()
+        #: Reconcile steps run, and those that tried a repair.
+        self.steps = 0
+        self.repairs = 0
+        #: Replace a drifted container at the next step (``reconnect --force`` does it
+        #: itself; this is for `Supervisor.replace`).
+        self.force_replace = False
+        self.last_event: dict[str, Any] | None = None
+        self._not_before = 0.0
+        self._last_trouble = 0.0
+        self._engine_up: bool | None = None
+        self._engine_reason = ""
+        self._warned: str | None = None
+        self._task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name=f"fliswarm-reconcile-{self.name}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    def wake(self) -> None:
+        """Asks for a reconcile step as soon as the back-off allows."""
+
+        self.wake_event.set()
+
+    def engine_connected(self) -> None:
+        self._engine_up = True
+        self.wake()
+
+    def engine_lost(self, reason: str) -> None:
+        self._engine_up = False
+        self._engine_reason = reason
+        self.wake()
+
+    def _loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _loop(self) -> None:
+        safety = self.supervisor.safety_interval
+        retry_at: float | None = 0.0  # First step at once.
+        while True:
+            now = self._loop_time()
+            wait = safety if retry_at is None else max(0.0, retry_at - now)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake_event.wait(), wait)
+            hold = self._not_before - self._loop_time()
+            if hold > 0:  # Back-off: events that came meanwhile are handled in one step.
+                await asyncio.sleep(hold)
+            self.wake_event.clear()
+            try:
+                outcome = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # A bug must not end the supervision of the node.
+                log.exception("%s: reconcile step failed", self.name)
+                self._set(NodeState.DEGRADED, f"supervisor error: {err}")
+                outcome = Outcome.RETRY
+            retry_at = self._schedule(outcome)
+
+    def _schedule(self, outcome: Outcome) -> float | None:
+        """Sets the back-off after a step; returns when to retry unprompted (`None`: the
+        safety-net interval)."""
+
+        now = self._loop_time()
+        if outcome in (Outcome.REPAIRED, Outcome.RETRY):
+            if now - self._last_trouble > self.stable_after + self.backoff.peek():
+                self.backoff.reset()
+            self._last_trouble = now
+            self._not_before = now + self.backoff.next()
+            return self._not_before if outcome is Outcome.RETRY else None
+        return None
+
+    # ------------------------------------------------------------------ output
+
+    def _set(self, state: NodeState, reason: str = "") -> None:
+        if self.status.set(state, reason):
+            log.info("%s: %s (%s)", self.name, state.value, reason)
+            self.supervisor.broadcast("i", nodeState=self.status.keyword(self.name))
+
+    def _warn(self, text: str) -> None:
+        log.warning("%s", text)
+        self.supervisor.broadcast("w", text=text)
+
+    # ------------------------------------------------------------------ the step
+
+    async def step(self) -> Outcome:
+        """One reconcile step under the node's lock (waits while an operator holds it)."""
+
+        node = self.actor.nodes.get(self.name)
+        if node is None or not node.enabled:
+            self._set(NodeState.DISABLED, "node disabled")
+            return Outcome.HOLD
+        async with self.supervisor.node_lock(self.name):
+            self.steps += 1
+            return await self._reconcile(desired_node(self.actor, self.name))
+
+    async def _reconcile(self, desired: DesiredNode) -> Outcome:
+        name = self.name
+        node = self.actor.nodes[name]
+        device = self.actor.flicameras[name]
+        healing = desired.self_healing
+
+        if not device.auto_connect:  # An operator command is replacing the container.
+            return Outcome.HOLD
+
+        if self._engine_up is False:
+            if device.is_connected():  # A dead node's connection would hang commands.
+                await device.stop()
+            self._set(NodeState.OFFLINE, self._engine_reason)
+            return Outcome.OFFLINE
+
+        try:
+            async with self.supervisor.slot():
+                info = await node.engine.inspect_container(desired.container)
+        except NodeError as err:
+            self._set(NodeState.OFFLINE, err.message)
+            return Outcome.RETRY
+
+        if info is None:
+            if device.is_connected():
+                await device.stop()
+            if not healing:
+                self._set(NodeState.DEGRADED, "no flicamera container")
+                return Outcome.HOLD
+            self._warn(f"{name}: flicamera container {desired.container} is missing; creating it")
+            return await self._repair(desired, "create")
+
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if labels.get("org.sdss.fliswarm.managed") != "true":
+            self._set(NodeState.DEGRADED, f"{desired.container} was not created by fliswarm")
+            return Outcome.HOLD
+
+        drift = container_drift(info, desired)
+        if drift and healing and (desired.replace_drifted or self.force_replace):
+            self.force_replace = False
+            self._warn(f"{name}: container {desired.container} drifted ({drift}); replacing it")
+            return await self._repair(desired, "replace")
+
+        state = info.get("State") or {}
+        cid = short_id(info.get("Id", ""))
+        if state.get("Running") and not state.get("Restarting"):
+            return await self._running(desired, info, drift)
+        if state.get("Restarting"):
+            self._set(NodeState.RECOVERING, "the engine is restarting the container")
+            return Outcome.RETRY
+
+        if device.is_connected():
+            await device.stop()
+        code, oom = state.get("ExitCode"), bool(state.get("OOMKilled"))
+        how = "was OOM-killed" if oom else f"{state.get('Status', 'stopped')} (exit {code})"
+        if not healing:
+            self._set(NodeState.DEGRADED, f"container {how}; self-healing is off")
+            return Outcome.HOLD
+        if not should_restart(desired.restart_policy, code, oom):
+            self._set(
+                NodeState.DEGRADED, f"container {how}; restart policy {desired.restart_policy}"
+            )
+            return Outcome.HOLD
+        self._warn(f"{name}: flicamera container {cid} {how}; restarting it")
+        return await self._repair(desired, "start", info)
+
+    async def _running(
+        self, desired: DesiredNode, info: dict[str, Any], drift: str | None
+    ) -> Outcome:
+        name = self.name
+        node = self.actor.nodes[name]
+        device = self.actor.flicameras[name]
+        if drift and self._warned != drift:
+            self._warned = drift
+            self._warn(
+                f"{name}: container {desired.container} drifted ({drift}); "
+                "run reconnect --force to replace it"
+            )
+        restart = (info.get("HostConfig") or {}).get("RestartPolicy") or {}
+        if desired.self_healing and restart.get("Name", "no") != desired.engine_restart["Name"]:
+            with contextlib.suppress(NodeError):
+                async with self.supervisor.slot():
+                    await node.engine.call(
+                        f"update container {desired.container}",
+                        lambda d: d._query_json(
+                            f"containers/{info['Id']}/update",
+                            "POST",
+                            data={"RestartPolicy": desired.engine_restart},
+                        ),
+                    )
+        healthy = NodeState.DRIFTED if drift else NodeState.ONLINE
+        reason = drift or "container running, camera connected"
+        if device.is_connected():
+            self._set(healthy, reason)
+            return Outcome.OK
+        if not desired.self_healing:
+            self._set(NodeState.DEGRADED, "flicamera not connected; self-healing is off")
+            return Outcome.HOLD
+        self._set(NodeState.RECOVERING, "connecting to flicamera")
+        if await self._connect(desired):
+            self._set(healthy, reason)
+            return Outcome.REPAIRED
+        return Outcome.RETRY
+
+    async def _connect(self, desired: DesiredNode) -> bool:
+        """Waits for flicamera's port and connects the device (bounded)."""
+
+        from fliswarm.commands.reconnect import wait_device_ready
+
+        node = self.actor.nodes[self.name]
+        device = self.actor.flicameras[self.name]
+        ready = float(self.actor.timeouts.get("container_ready", 30.0))
+        try:
+            took = await wait_device_ready(
+                device,
+                node,
+                desired.container,
+                ready,
+                attempt_timeout=self.actor.device_connect_timeout,
+            )
+        except (FliswarmError, ConnectionError, asyncio.TimeoutError) as err:
+            self._set(NodeState.DEGRADED, f"flicamera not connected: {err}")
+            return False
+        log.info("%s: flicamera connected after %.2f s", self.name, took)
+        return True
+
+    async def _repair(
+        self, desired: DesiredNode, action: str, info: dict[str, Any] | None = None
+    ) -> Outcome:
+        """Creates, starts or replaces the container, then connects the device."""
+
+        self.repairs += 1
+        self._set(NodeState.RECOVERING, f"{action} container")
+        node = self.actor.nodes[self.name]
+        device = self.actor.flicameras[self.name]
+        try:
+            async with self.supervisor.slot():
+                if action == "start" and info is not None:
+                    try:
+                        await node.engine.start_container(info["Id"])
+                    except NodeError as err:
+                        self._warn(
+                            f"{self.name}: cannot start the container ({err}); recreating it"
+                        )
+                        await self._create(desired, replace=True)
+                else:
+                    if action == "replace":
+                        await device.stop()
+                    await self._create(desired, replace=action == "replace")
+        except (FliswarmError, asyncio.TimeoutError) as err:
+            self._set(NodeState.DEGRADED, f"repair failed: {err}")
+            self._warn(f"{self.name}: repair failed: {err}")
+            return Outcome.RETRY
+        if not await self._connect(desired):
+            return Outcome.RETRY
+        self._set(NodeState.ONLINE, "container running, camera connected")
+        return Outcome.REPAIRED
+
+    async def _create(self, desired: DesiredNode, replace: bool) -> None:
+        node = self.actor.nodes[self.name]
+        for vname, volume in desired.volumes.items():
+            await node.create_volume(vname, volume["driver"], volume["opts"])
+        spec = dict(desired.spec, force=replace)
+        started = time.monotonic()
+        info = await node.run_container(**spec)
+        cid = info.get("Id", "")
+        with contextlib.suppress(NodeError):
+            await node.engine.call(
+                f"update container {desired.container}",
+                lambda d: d._query_json(
+                    f"containers/{cid}/update",
+                    "POST",
+                    data={"RestartPolicy": desired.engine_restart},
+                ),
+            )
+        log.info(
+            "%s: container %s created in %.2f s",
+            self.name,
+            short_id(cid),
+            time.monotonic() - started,
+        )

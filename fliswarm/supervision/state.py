@@ -1,0 +1,170 @@
+"""Node states, the restart-policy decision and the back-off of the supervisor (pure logic)."""
+
+from __future__ import annotations
+
+import enum
+import random
+import time
+from dataclasses import dataclass, field
+
+
+__all__ = [
+    "NodeState",
+    "NodeStatus",
+    "Backoff",
+    "RESTART_POLICIES",
+    "should_restart",
+    "engine_restart_policy",
+    "iso_time",
+]
+
+#: The values of the ``restart_policy`` setting.
+RESTART_POLICIES = ("always", "on-failure", "never")
+
+
+class NodeState(str, enum.Enum):
+    """What the supervisor knows about a node.
+
+    - ``online``: the engine answers, the container runs with the configured settings and
+      the flicamera device is connected;
+    - ``offline``: the node's Docker engine does not answer;
+    - ``degraded``: the engine answers but the container or the device is not right, and
+      it is not being repaired (self-healing off, restart policy, or repair failing);
+    - ``recovering``: a repair is in progress;
+    - ``disabled``: the node is not supervised;
+    - ``drifted``: like ``online``, but the container was created from other settings
+      than the configured ones (its config hash label differs).
+    """
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DEGRADED = "degraded"
+    RECOVERING = "recovering"
+    DISABLED = "disabled"
+    DRIFTED = "drifted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def iso_time(timestamp: float) -> str:
+    """A UNIX time as ``YYYY-MM-DDTHH:MM:SS.sssZ`` (UTC)."""
+
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
+    return f"{seconds}.{int(timestamp % 1 * 1000):03d}Z"
+
+
+@dataclass
+class NodeStatus:
+    """The current state of a node, since when, and why."""
+
+    state: NodeState = NodeState.DISABLED
+    since: float = field(default_factory=time.time)
+    reason: str = ""
+
+    def set(self, state: NodeState, reason: str = "", now: float | None = None) -> bool:
+        """Changes the state; returns whether the state (not only the reason) changed."""
+
+        changed = state != self.state
+        if changed:
+            self.since = time.time() if now is None else now
+        self.state = state
+        self.reason = reason
+        return changed
+
+    def keyword(self, node: str) -> list[str]:
+        """The ``nodeState`` value: ``[node, state, since, reason]``."""
+
+        return [node, self.state.value, iso_time(self.since), self.reason]
+
+
+class Backoff:
+    """Exponential back-off with jitter.
+
+    The n-th delay (from 0) is ``min(maximum, initial * factor**n)``, multiplied by a random
+    factor in ``[1 - jitter, 1]`` so that nodes failing together do not retry together.
+
+    Parameters
+    ----------
+    initial
+        The first delay, in seconds (> 0).
+    maximum
+        The longest delay.
+    factor
+        Growth factor (>= 1).
+    jitter
+        Fraction of the delay that is random, in ``[0, 1]``.
+    rng
+        The random generator (for tests).
+    """
+
+    def __init__(
+        self,
+        initial: float = 0.5,
+        maximum: float = 30.0,
+        factor: float = 2.0,
+        jitter: float = 0.25,
+        rng: random.Random | None = None,
+    ) -> None:
+        if initial <= 0 or maximum < initial or factor < 1 or not 0 <= jitter <= 1:
+            raise ValueError("invalid back-off parameters.")
+        self.initial = initial
+        self.maximum = maximum
+        self.factor = factor
+        self.jitter = jitter
+        self.rng = rng or random.Random()
+        #: Delays handed out since the last `reset`.
+        self.attempts = 0
+
+    def peek(self) -> float:
+        """The upper bound of the next delay (without jitter)."""
+
+        try:
+            value = self.initial * self.factor**self.attempts
+        except OverflowError:
+            value = self.maximum
+        return min(self.maximum, value)
+
+    def next(self) -> float:
+        """The next delay, in seconds."""
+
+        base = self.peek()
+        self.attempts += 1
+        return base * (1.0 - self.jitter * self.rng.random())
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+def should_restart(policy: str, exit_code: int | None, oom_killed: bool = False) -> bool:
+    """Whether a stopped container is started again under a ``restart_policy``.
+
+    ``always`` restarts whatever the exit; ``on-failure`` only after a non-zero exit code or
+    an OOM kill; ``never`` never does.
+    """
+
+    if policy not in RESTART_POLICIES:
+        raise ValueError(f"unknown restart policy {policy!r}.")
+    if policy == "always":
+        return True
+    if policy == "never":
+        return False
+    return bool(oom_killed) or (exit_code is not None and exit_code != 0)
+
+
+def engine_restart_policy(policy: str, self_healing: bool = True) -> dict[str, object]:
+    """The Docker ``HostConfig.RestartPolicy`` given to the flicamera containers.
+
+    The engine restarts the container by itself when the node reboots or the engine
+    restarts, even if fliswarm is not running: ``always`` becomes ``unless-stopped`` (a
+    container stopped on purpose stays stopped), ``on-failure`` stays ``on-failure``,
+    ``never`` (or self-healing off) becomes ``no``.
+    """
+
+    if policy not in RESTART_POLICIES:
+        raise ValueError(f"unknown restart policy {policy!r}.")
+    if not self_healing or policy == "never":
+        return {"Name": "no", "MaximumRetryCount": 0}
+    if policy == "always":
+        return {"Name": "unless-stopped", "MaximumRetryCount": 0}
+    return {"Name": "on-failure", "MaximumRetryCount": 0}
