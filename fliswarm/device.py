@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fliswarm.subcommand import SubCommand
@@ -134,6 +135,8 @@ class FlicameraDevice:
         #: Whether commands like ``talk`` may connect this device when it is disconnected;
         #: set it to `False` while the container is deliberately down (e.g. ``reconnect``).
         self.auto_connect = True
+        #: Called with ``(device, reason)`` when the connection ends by itself (not `stop`).
+        self.lost_callbacks: list[Callable[[FlicameraDevice, str], Any]] = []
 
     def __repr__(self) -> str:
         state = "connected" if self.is_connected() else "disconnected"
@@ -304,6 +307,11 @@ class FlicameraDevice:
                 self._notify_lost(reason)
 
     def _notify_lost(self, reason: str) -> None:
+        for callback in list(self.lost_callbacks):
+            try:
+                callback(self, reason)
+            except Exception:
+                log.exception("%s: connection-lost callback failed", self.name)
         if self.actor is not None:
             with contextlib.suppress(Exception):
                 self.actor.write("w", {"text": f"{self.name}: {reason}"}, validate=False)
