@@ -15,6 +15,7 @@ from clu.legacy import LegacyActor
 from fliswarm import __version__
 from fliswarm.commands import parser
 from fliswarm.device import FlicameraDevice
+from fliswarm.supervision import Supervisor
 
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ class FLISwarmActor(LegacyActor):
 
         for name in self.config.get("nodes") or {}:
             self.add_node(name)
+
+        #: Self-healing supervision of the enabled nodes (`fliswarm.supervision`).
+        self.supervisor = Supervisor(self)
 
         interval = self.config.get("status_interval", 300)
         if interval:
@@ -220,6 +224,11 @@ class FLISwarmActor(LegacyActor):
         results = await asyncio.gather(*[connect(name) for name in selected])
         return dict(zip(selected, results, strict=True))
 
+    def node_lock(self, name: str) -> asyncio.Lock:
+        """The lock of a node: hold it while changing its container; the supervisor waits."""
+
+        return self.supervisor.node_lock(name)
+
     def _enabled(self) -> list[Node]:
         return [node for node in self.nodes.values() if node.enabled]
 
@@ -248,6 +257,8 @@ class FLISwarmActor(LegacyActor):
         if self.tron:
             self._tron_task = asyncio.create_task(self._keep_tron(get_keys, start_nubs))
         self.timed_commands.start()
+        # After the devices of running containers are connected: they are adopted as is.
+        await self.supervisor.start()
         return self
 
     async def _connect_all(self) -> None:
@@ -297,6 +308,8 @@ class FLISwarmActor(LegacyActor):
         """Stops the server, tron, the timed commands, devices and node clients. Never raises."""
 
         self._started = False
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.supervisor.stop(), 10)
         if self._tron_task is not None:
             self._tron_task.cancel()
             with contextlib.suppress(BaseException):
