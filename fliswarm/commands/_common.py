@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from fliswarm.supervision.desired import container_spec, container_user
 from fliswarm.tools import select_nodes, split_names
 
 
@@ -51,47 +52,6 @@ def choose_nodes(
     if names is not None and not split_names(names) and category is None:
         return []
     return sorted(node.name for node in select_nodes(nodes, category, names))
-
-
-def container_user(node_config: dict[str, Any]) -> str | None:
-    """``uid:gid`` (or ``uid``) the container runs as, from ``docker-uid``/``docker-gid``."""
-
-    uid, gid = node_config.get("docker-uid"), node_config.get("docker-gid")
-    if uid is None:
-        return None
-    return f"{uid}:{gid}" if gid is not None else str(uid)
-
-
-def container_spec(actor: FLISwarmActor, name: str, force: bool = False) -> dict[str, Any]:
-    """The keyword arguments of `.Node.run_container` for the flicamera container of a node.
-
-    Parameters
-    ----------
-    actor
-        The fliswarm actor (its resolved ``config``).
-    name
-        The node name.
-    force
-        Whether a running container is replaced.
-    """
-
-    config = actor.config
-    node_config = config["nodes"][name]
-    envs: dict[str, str] = {"ACTOR_NAME": name}
-    if actor.observatory:
-        envs["OBSERVATORY"] = actor.observatory
-    envs.update({str(k): str(v) for k, v in (config.get("environment") or {}).items()})
-    return {
-        "name": actor.get_container_name(name),
-        "image": config["image"],
-        "registry": config.get("registry"),
-        "volumes": list(config.get("volumes") or {}),
-        "privileged": True,
-        "envs": envs,
-        "user": container_user(node_config),
-        "network": "host",
-        "force": force,
-    }
 
 
 def status_limit(actor: FLISwarmActor) -> float:
