@@ -111,39 +111,54 @@ async def test_engines_have_their_own_identity(testbed: Testbed) -> None:
     assert len(ids) == len(testbed.nodes)
 
 
+async def run_container(
+    url: str, image: str, suffix: str, restart: dict[str, str] | None = None
+) -> dict:
+    """Runs ``sleep 300`` privileged in a managed test container; returns its inspect data."""
+
+    docker = aiodocker.Docker(url=url)
+    try:
+        host_config: dict = {"Privileged": True}
+        if restart:
+            host_config["RestartPolicy"] = restart
+        container = await docker.containers.run(
+            {
+                "Image": image,
+                "Cmd": ["sleep", "300"],
+                "Labels": {MANAGED_LABEL: "true"},
+                "HostConfig": host_config,
+            },
+            name=f"{TEST_PREFIX}-{suffix}",
+        )
+        return await container.show()
+    finally:
+        await docker.close()
+
+
 @root
 async def test_privileged_container_on_every_node(
     testbed: Testbed, testbed_busybox: str, testbed_clean: Testbed
 ) -> None:
     async def run_on(url: str) -> None:
-        docker = aiodocker.Docker(url=url)
-        try:
-            container = await docker.containers.run(
-                {
-                    "Image": testbed_busybox,
-                    "Cmd": ["sleep", "300"],
-                    "Labels": {MANAGED_LABEL: "true"},
-                    "HostConfig": {"Privileged": True},
-                },
-                name=f"{TEST_PREFIX}-privileged",
-            )
-            info = await container.show()
-            assert info["HostConfig"]["Privileged"] is True
-            assert info["State"]["Running"] is True
-        finally:
-            await docker.close()
+        info = await run_container(url, testbed_busybox, "privileged")
+        assert info["HostConfig"]["Privileged"] is True
+        assert info["State"]["Running"] is True
 
     await asyncio.wait_for(asyncio.gather(*(run_on(n.docker_url) for n in testbed.nodes)), 60)
 
 
 @root
-async def test_power_off_and_on(testbed: Testbed, testbed_faults: Faults) -> None:
+async def test_power_off_and_on(
+    testbed: Testbed, testbed_busybox: str, testbed_faults: Faults
+) -> None:
     node = testbed.node("gfa2")
     docker = aiodocker.Docker(url=node.docker_url)
     try:
         await docker.volumes.create({"Name": f"{TEST_PREFIX}-survivor"})
     finally:
         await docker.close()
+
+    await run_container(node.docker_url, testbed_busybox, "restarts", {"Name": "always"})
 
     await testbed_faults.power_off("gfa2")
     assert not netns_exists(node.netns)
@@ -161,6 +176,11 @@ async def test_power_off_and_on(testbed: Testbed, testbed_faults: Faults) -> Non
     try:
         names = [v["Name"] for v in (await docker.volumes.list())["Volumes"] or []]
         assert f"{TEST_PREFIX}-survivor" in names
+        container = await docker.containers.get(f"{TEST_PREFIX}-restarts")
+        deadline = time.monotonic() + 20  # its restart policy brings it back
+        while not (await container.show())["State"]["Running"]:
+            assert time.monotonic() < deadline, "the restart-policy container did not return"
+            await asyncio.sleep(0.1)
     finally:
         await docker.close()
 
@@ -233,7 +253,7 @@ def _bed_leftovers(bed: Testbed) -> list[str]:
 
 
 @root
-def test_up_down_idempotent(testbed: Testbed) -> None:
+def test_up_down_idempotent(testbed: Testbed, testbed_busybox: str) -> None:
     bed = Testbed(instance=testbed.instance + 50, n_nodes=2)
     bed.down()
     assert not bed.is_up()
@@ -245,8 +265,13 @@ def test_up_down_idempotent(testbed: Testbed) -> None:
         assert time.monotonic() - start < 1.0
         assert bed._state()["nodes"] == pids
         assert all(s["answering"] for s in bed.status().values())
+        # The registry storage is shared: the session bed's image is already there.
+        ref = testbed_busybox.replace(testbed.registry, bed.registry)
+        asyncio.run(run_container(bed.nodes[0].docker_url, ref, "at-down", {"Name": "always"}))
     finally:
+        start = time.monotonic()
         bed.down()
+        assert time.monotonic() - start < 5.0
     bed.down()
     assert _bed_leftovers(bed) == []
     assert os.path.isdir(RUN_ROOT)

@@ -236,6 +236,7 @@ class Testbed(FaultsMixin):
             ensure_packages()
             network.safety_route()
             self._teardown()
+            engine.note_host_dirs(RUN_ROOT)
             try:
                 self._bring_up(timeout)
             except BaseException:
@@ -333,6 +334,9 @@ class Testbed(FaultsMixin):
         shutil.rmtree(self.run_dir, ignore_errors=True)
         shutil.rmtree(self.lib_dir, ignore_errors=True)
         engine.reap_children()
+        engine.remove_host_dirs(RUN_ROOT)
+        with contextlib.suppress(OSError):
+            os.rmdir(LIB_ROOT)
 
     def _sweep_processes(self) -> None:
         """SIGKILLs leftover daemons of this instance (found by their command line)."""

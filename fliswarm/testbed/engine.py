@@ -7,6 +7,8 @@ once); containers also get ``cgroup-parent: /<netns>`` in the v1 hierarchies.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.client
 import json
 import os
@@ -437,3 +439,50 @@ def kill_containers(spec: EngineSpec, timeout: float = 5.0) -> None:
             )
     except (OSError, ValueError):
         pass
+
+
+#: Directories every dockerd or shim creates whatever its configuration says.
+HOST_DIRS = ["/run/docker", "/run/docker/plugins", "/run/containerd", "/run/containerd/s"]
+
+
+@contextlib.contextmanager
+def _flock(path: str) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def note_host_dirs(run_root: str) -> None:
+    """Remembers which of `HOST_DIRS` do not exist yet (call before starting engines)."""
+
+    record = os.path.join(run_root, ".host-dirs")
+    with _flock(record + ".lock"):
+        missing = [d for d in HOST_DIRS if not os.path.exists(d)]
+        try:
+            with open(record) as f:
+                known = json.load(f)
+        except (OSError, ValueError):
+            known = []
+        with open(record, "w") as f:
+            json.dump(sorted(set(known) | set(missing)), f)
+
+
+def remove_host_dirs(run_root: str) -> None:
+    """Removes the remembered `HOST_DIRS` that are still empty, if no bed is up any more."""
+
+    record = os.path.join(run_root, ".host-dirs")
+    with _flock(record + ".lock"):
+        if any(entry.isdigit() for entry in os.listdir(run_root)):
+            return
+        try:
+            with open(record) as f:
+                dirs = json.load(f)
+        except (OSError, ValueError):
+            return
+        for path in sorted(dirs, key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        os.unlink(record)
