@@ -2,28 +2,52 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from fliswarm.commands import parser
-from fliswarm.commands._common import enabled_names, report_nodes
+from fliswarm.commands._common import enabled_names, report_node
 
 
 if TYPE_CHECKING:
     from fliswarm.commands import FLISwarmCommand, NodesType
+    from fliswarm.node import Node
 
 
 __all__ = ["status"]
+
+
+async def _report(command: FLISwarmCommand, node: Node) -> None:
+    """One node: known offline from the supervision state, or probed now."""
+
+    actor = command.actor
+    supervisor = getattr(actor, "supervisor", None)
+    if supervisor is not None and supervisor.is_offline(node.name):
+        status = supervisor.state(node.name)
+        command.warning(text=f"{node.name}: offline ({status.reason}).")
+        command.info(node=[node.name, node.addr, node.daemon_addr, False, False])
+        device = actor.flicameras.get(node.name)
+        if device is not None:
+            command.info(device=[node.name, device.is_connected(), device.host, device.port])
+        return
+    await report_node(command, node)
 
 
 @parser.command()
 async def status(command: FLISwarmCommand, nodes: NodesType):
     """Reports the enabled nodes, their flicamera containers and volumes.
 
-    Outputs ``enabledNodes``, then for each enabled node (all at once, so a dead node
-    does not delay the others) ``node``, ``container``, ``volume`` and ``device``.
+    Outputs ``enabledNodes`` and a ``nodeState`` per configured node, then for each
+    enabled node (all at once, so a dead node does not delay the others) ``node``,
+    ``container``, ``volume`` and ``device``. A node the supervisor knows to be offline is
+    reported at once, without probing it.
     """
 
     names = enabled_names(nodes)
     command.info(enabledNodes=names)
-    await report_nodes(command, [nodes[name] for name in names])
+    supervisor = getattr(command.actor, "supervisor", None)
+    if supervisor is not None:
+        for name, state in supervisor.states().items():
+            command.info(nodeState=state.keyword(name))
+    await asyncio.gather(*[_report(command, nodes[name]) for name in names])
     return command.finish()
