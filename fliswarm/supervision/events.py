@@ -31,7 +31,7 @@ from fliswarm.engine import make_ssl_context
 from .state import Backoff
 
 
-__all__ = ["EventWatcher", "EVENT_FILTERS", "KEEPALIVE", "keepalive_socket"]
+__all__ = ["EventWatcher", "EVENT_FILTERS", "KEEPALIVE", "keepalive_socket", "set_keepalive"]
 
 log = logging.getLogger("fliswarm.supervision")
 
@@ -47,22 +47,27 @@ EVENT_FILTERS: dict[str, list[str]] = {
 KEEPALIVE = (4, 1, 3)
 
 
+def set_keepalive(sock: Any) -> None:
+    """Turns on a short TCP keep-alive (`KEEPALIVE`) on a socket; never raises."""
+
+    idle, interval, count = KEEPALIVE
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", idle),
+            ("TCP_KEEPINTVL", interval),
+            ("TCP_KEEPCNT", count),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 def keepalive_socket(addr_info: Any) -> socket.socket:
     """An aiohttp ``socket_factory``: a TCP socket with a short keep-alive."""
 
-    family, type_, proto = addr_info[0], addr_info[1], addr_info[2]
-    sock = socket.socket(family, type_, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    idle, interval, count = KEEPALIVE
-    for name, value in (
-        ("TCP_KEEPIDLE", idle),
-        ("TCP_KEEPINTVL", interval),
-        ("TCP_KEEPCNT", count),
-    ):
-        option = getattr(socket, name, None)
-        if option is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    sock = socket.socket(addr_info[0], addr_info[1], addr_info[2])
+    set_keepalive(sock)
     return sock
 
 

@@ -182,17 +182,13 @@ class NodeReconciler:
             return Outcome.HOLD
 
         if self._engine_up is False:
-            if device.is_connected():  # A dead node's connection would hang commands.
-                await device.stop()
-            self._set(NodeState.OFFLINE, self._engine_reason)
-            return Outcome.OFFLINE
+            return self._engine_down(self._engine_reason, Outcome.OFFLINE)
 
         try:
             async with self.supervisor.slot():
                 info = await node.engine.inspect_container(desired.container)
         except NodeError as err:
-            self._set(NodeState.OFFLINE, err.message)
-            return Outcome.RETRY
+            return self._engine_down(err.message, Outcome.RETRY)
 
         if info is None:
             if device.is_connected():
@@ -236,6 +232,16 @@ class NodeReconciler:
             return Outcome.HOLD
         self._warn(f"{name}: flicamera container {cid} {how}; restarting it")
         return await self._repair(desired, "start", info)
+
+    def _engine_down(self, reason: str, outcome: Outcome) -> Outcome:
+        """The engine does not answer: offline, unless the camera is still connected (its
+        connection has a short TCP keep-alive: if the node is dead it drops soon)."""
+
+        if self.actor.flicameras[self.name].is_connected():
+            self._set(NodeState.DEGRADED, f"Docker engine not answering ({reason})")
+            return Outcome.HOLD
+        self._set(NodeState.OFFLINE, reason)
+        return outcome
 
     async def _running(
         self, desired: DesiredNode, info: dict[str, Any], drift: str | None
