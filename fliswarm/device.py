@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fliswarm.subcommand import SubCommand
+from fliswarm.supervision.events import set_keepalive
 from fliswarm.tools import IDPool
 
 
@@ -177,6 +178,7 @@ class FlicameraDevice:
             except OSError as err:
                 self.last_error = f"cannot connect to {self.host}:{self.port}: {err}"
                 raise ConnectionError(f"{self.name}: {self.last_error}") from None
+            set_keepalive(writer.get_extra_info("socket"))  # A dead node breaks it soon.
             self._reader, self._writer = reader, writer
             self.last_error = None
             self._stop_reason = None
