@@ -26,6 +26,7 @@ from fliswarm.testbed.image import (
     MANIFEST_TYPE,
     build_flicamera_image,
     ensure_flicamera_image,
+    ensure_flicamera_image_async,
     start_flicamera_on_host,
     wait_flicamera_ready,
 )
@@ -220,3 +221,54 @@ def test_image_build_waits_for_the_lock(registry: str, cache_dir: Path) -> None:
 def test_image_refuses_registries_off_this_machine(registry_addr: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         build_flicamera_image(registry_addr, cache_dir=tmp_path)
+
+
+# The image on a test bed node: privileged, host network, the bed's data dir as /data.
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Any]:
+    """The test bed of ``$FLISWARM_TESTBED_ID``; brought down after if we brought it up."""
+
+    from fliswarm.testbed.bed import Testbed
+
+    testbed = Testbed()
+    was_up = testbed.is_up()
+    if not was_up:
+        testbed.up()
+    try:
+        yield testbed
+    finally:
+        if not was_up:
+            testbed.down()
+
+
+@pytest.mark.root
+@pytest.mark.testbed
+async def test_image_runs_flicamera_on_a_node(bed: Any, cache_dir: Path) -> None:
+    import aiodocker
+
+    reference = await ensure_flicamera_image_async(bed.registry, cache_dir=cache_dir)
+    node = bed.nodes[0]
+    data_dir = Path(bed.data_dir)
+    async with aiodocker.Docker(url=f"http://{node.addr}:2375") as docker:
+        await asyncio.wait_for(docker.images.pull(reference), 120)
+        config = {
+            "Image": reference,
+            "Env": [f"ACTOR_NAME={node.name}", "OBSERVATORY=APO"],
+            "HostConfig": {
+                "Privileged": True,
+                "NetworkMode": "host",
+                "Binds": [f"{data_dir}:/data"],
+            },
+        }
+        name = f"flicamera-image-test-{node.name}"
+        container = await asyncio.wait_for(docker.containers.run(config, name=name), 30)
+        try:
+            info = await asyncio.wait_for(container.show(), 10)
+            assert info["HostConfig"]["Privileged"] is True
+            await wait_flicamera_ready(node.addr, 19995, timeout=60)
+            path = await check_flicamera(node.addr, 19995, node.name, Path("/data"))
+            check_fits(data_dir / path.relative_to("/data"), node.name)
+        finally:
+            await asyncio.wait_for(container.delete(force=True), 30)
