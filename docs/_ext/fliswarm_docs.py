@@ -174,7 +174,8 @@ def _accepted(schema: dict[str, Any]) -> str | None:
 
 def _field(label: str, value: str, literal: bool = False) -> list[nodes.Node]:
     return [
-        nodes.strong(text=f"{label}: "),
+        nodes.strong(text=f"{label}:"),
+        nodes.Text(" "),
         nodes.literal(text=value) if literal else nodes.Text(value),
     ]
 
