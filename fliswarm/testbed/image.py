@@ -62,7 +62,7 @@ FLICAMERA_VERSION = "0.7.2"
 #: What ``pip install --target`` puts in the image.
 REQUIREMENTS: tuple[str, ...] = (f"sdss-flicamera=={FLICAMERA_VERSION}",)
 #: Bump when the recipe below changes, to invalidate cached builds.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 #: Where builds are cached; ``$FLISWARM_IMAGE_CACHE`` overrides it.
 DEFAULT_CACHE_DIR = Path(
     os.environ.get("FLISWARM_IMAGE_CACHE", "/var/cache/fliswarm-testbed/images")
@@ -353,6 +353,10 @@ def _copy_python(rootfs: Path) -> None:
         return {n for n in names if n in _STDLIB_SKIP or n.startswith(("config-", "_tkinter"))}
 
     shutil.copytree(stdlib, _inside(rootfs, stdlib), symlinks=True, ignore=ignore)
+    strip = shutil.which("strip")
+    if strip:  # the interpreter and libpython may carry debug symbols (libpython: 23 -> 6 MB)
+        dynload = _inside(rootfs, stdlib) / "lib-dynload"
+        _run([strip, "--strip-unneeded", str(target), *map(str, dynload.glob("*.so"))], 120)
     local_python = rootfs / "usr/local/bin/python3"
     if not local_python.exists():
         local_python.parent.mkdir(parents=True, exist_ok=True)
@@ -435,6 +439,8 @@ def _copy_libraries(rootfs: Path) -> None:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(lib, target)
+            if lib.startswith(sys.base_prefix + "/") and shutil.which("strip"):
+                _run(["strip", "--strip-unneeded", str(target)], 120)  # libpython
 
 
 class _HashingWriter:
