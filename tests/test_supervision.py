@@ -1,0 +1,334 @@
+"""Self-healing supervision on the real test bed: faults injected, recovery measured.
+
+One bed and one image for the module; one fliswarm actor (restarted by one test) whose
+supervisor creates the flicamera containers itself and repairs them. Each test restores
+the bed (power, cable, engine) whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import pytest
+import pytest_asyncio
+import yaml
+from helpers_actor import ActorClient, ActorLine
+
+from fliswarm.actor import FLISwarmActor
+from fliswarm.config import load_config
+from fliswarm.containers import LABEL_CONFIG_HASH
+from fliswarm.supervision import NodeState, desired_node
+from fliswarm.testbed.bed import Testbed
+from fliswarm.testbed.fixtures import cleanup_node
+from fliswarm.testbed.image import ensure_flicamera_image
+
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.testbed,
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.timeout(120),
+]
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Testbed]:
+    testbed = Testbed()
+    was_up = testbed.is_up()
+    testbed.up()
+    try:
+        yield testbed
+    finally:
+        with contextlib.suppress(Exception):
+            testbed.restore()
+        testbed._parallel(lambda node: cleanup_node(testbed, node))
+        if not was_up:
+            testbed.down()
+
+
+@pytest.fixture(scope="module")
+def config_path(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    image = ensure_flicamera_image(bed.registry)
+    config = bed.fliswarm_config(image)
+    config["timeouts"] = {"docker_connect": 1.0, "docker_request": 10, "talk": 10}
+    path = tmp_path_factory.mktemp("supervision") / "fliswarm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Swarm:
+    """The fliswarm actor under test and a client connected to it."""
+
+    def __init__(self, bed: Testbed, config_path: Path) -> None:
+        self.bed = bed
+        self.config = load_config(config_path)
+        self.actor: FLISwarmActor | None = None
+        self.client: ActorClient | None = None
+        #: The longest time a command sent to fliswarm took during the faults.
+        self.longest: tuple[float, str] = (0.0, "")
+
+    async def start(self) -> None:
+        self.actor = FLISwarmActor.from_config(self.config)
+        await self.actor.start()
+        self.client = await ActorClient.connect("127.0.0.1", self.actor.port)
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self.actor is not None:
+            await self.actor.stop()
+        self.actor = self.client = None
+
+    @property
+    def names(self) -> list[str]:
+        return [node.name for node in self.bed.nodes]
+
+    def state(self, name: str) -> NodeState:
+        assert self.actor is not None
+        return self.actor.supervisor.state(name).state
+
+    async def wait_state(
+        self, name: str, states: set[NodeState], timeout: float, since: int | None = None
+    ) -> float:
+        """Waits until the node is in one of ``states`` (its ``nodeState`` broadcast).
+
+        With ``since`` (a client line index), only a change broadcast from there counts.
+        """
+
+        assert self.client is not None
+        start = time.monotonic()
+        index = len(self.client.lines) if since is None else since
+        if since is None and self.state(name) in states:
+            return 0.0
+        wanted = {state.value for state in states}
+
+        def match(line: ActorLine) -> bool:
+            values = line.values("nodeState")
+            return len(values) >= 2 and values[0] == name and values[1] in wanted
+
+        try:
+            await self.client.wait_for(match, timeout, index)
+        except TimeoutError:
+            raise AssertionError(
+                f"{name} not {wanted} after {timeout} s: {self.actor.supervisor.state(name)}"
+            ) from None
+        return time.monotonic() - start
+
+    async def command(self, text: str, timeout: float = 30.0) -> Any:
+        assert self.client is not None
+        start = time.monotonic()
+        reply = await self.client.command(text, timeout)
+        took = time.monotonic() - start
+        if took > self.longest[0]:
+            self.longest = (took, text)
+        return reply
+
+    async def talk_ok(self, name: str) -> bool:
+        reply = await self.command(f"talk -n {name} status", 15)
+        return reply.code == ":" and any(
+            line.values("status")[:1] == [name] for line in reply.with_keyword("status")
+        )
+
+    def docker(self, name: str) -> aiodocker.Docker:
+        return aiodocker.Docker(url=f"http://{self.bed.node(name).addr}:2375")
+
+    async def inspect(self, name: str) -> dict[str, Any]:
+        async with self.docker(name) as docker:
+            container = await asyncio.wait_for(docker.containers.get(f"flicamera-{name}"), 10)
+            return container._container
+
+    async def kill(self, name: str) -> None:
+        async with self.docker(name) as docker:
+            container = await asyncio.wait_for(docker.containers.get(f"flicamera-{name}"), 10)
+            await asyncio.wait_for(container.kill(), 10)
+
+    def texts(self, since: int) -> list[str]:
+        assert self.client is not None
+        return [" ".join(line.values("text")) for line in self.client.lines[since:]]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def swarm(bed: Testbed, config_path: Path) -> AsyncIterator[Swarm]:
+    await asyncio.to_thread(bed._parallel, lambda node: cleanup_node(bed, node))
+    swarm = Swarm(bed, config_path)
+    await swarm.start()
+    try:
+        yield swarm
+    finally:
+        await swarm.stop()
+        print(f"longest command during the faults: {swarm.longest[0]:.2f} s ({swarm.longest[1]})")
+
+
+@pytest.fixture()
+def restore(bed: Testbed) -> Iterator[None]:
+    yield
+    bed.restore()
+
+
+async def recover_all(swarm: Swarm, timeout: float = 60.0) -> None:
+    await asyncio.gather(
+        *[swarm.wait_state(name, {NodeState.ONLINE}, timeout) for name in swarm.names]
+    )
+    for name in swarm.names:
+        assert await swarm.talk_ok(name), f"{name}: talk status failed"
+
+
+async def test_converges_to_the_configuration(swarm: Swarm) -> None:
+    """From no containers at all, the supervisor creates and connects every camera."""
+
+    await recover_all(swarm, timeout=90)
+    assert swarm.actor is not None
+    for name in swarm.names:
+        info = await swarm.inspect(name)
+        desired = desired_node(swarm.actor, name)
+        assert info["Config"]["Labels"][LABEL_CONFIG_HASH] == desired.config_hash
+        assert info["HostConfig"]["Privileged"] is True
+        assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    reply = await swarm.command("status", 20)
+    states = {
+        line.values("nodeState")[0]: line.values("nodeState")[1]
+        for line in reply.with_keyword("nodeState")
+    }
+    assert states == {name: "online" for name in swarm.names}
+
+
+async def test_container_killed_while_idle(swarm: Swarm) -> None:
+    assert swarm.client is not None and swarm.actor is not None
+    await recover_all(swarm)
+    before = await swarm.inspect("gfa1")
+    index = len(swarm.client.lines)
+    start = time.monotonic()
+    await swarm.kill("gfa1")
+    await swarm.wait_state("gfa1", {NodeState.ONLINE}, 30, since=index)
+    assert await swarm.talk_ok("gfa1")
+    took = time.monotonic() - start
+    print(f"gfa1: killed -> relaying again in {took:.2f} s")
+    assert took < 15
+    after = await swarm.inspect("gfa1")
+    assert after["Id"] == before["Id"]  # restarted, not recreated
+    assert after["State"]["StartedAt"] != before["State"]["StartedAt"]
+    events = [line.values("containerEvent") for line in swarm.client.lines[index:]]
+    assert ["gfa1", "die", before["Id"][:12], "137"] in events
+    assert any(
+        "gfa1: flicamera container" in t and "restarting it" in t for t in swarm.texts(index)
+    )
+
+
+async def test_container_killed_during_an_exposure(swarm: Swarm) -> None:
+    assert swarm.client is not None
+    await recover_all(swarm)
+    client = swarm.client
+    index = len(client.lines)
+    mid = client.send("talk -n gfa2 expose 2")
+    await client.wait_for(
+        lambda line: line.command_id == mid and "exposure_state" in line.keywords, 15, index
+    )
+    killed = time.monotonic()
+    index = len(client.lines)
+    await swarm.kill("gfa2")
+    final = await client.wait_for(
+        lambda line: line.command_id == mid and line.code in ":f", 10, index
+    )
+    assert final.code == "f"
+    assert time.monotonic() - killed < 5  # Fails at once, not at the talk timeout.
+    texts = [t for t in swarm.texts(index)]
+    assert any("gfa2" in t and "connection" in t for t in texts), texts
+    await swarm.wait_state("gfa2", {NodeState.ONLINE}, 30, since=index)
+    assert await swarm.talk_ok("gfa2")
+
+
+async def test_engine_stopped_and_restarted(swarm: Swarm, bed: Testbed, restore: None) -> None:
+    await recover_all(swarm)
+    stopping = asyncio.create_task(asyncio.to_thread(bed.stop_engine, "fvc"))
+    await swarm.wait_state(
+        "fvc", {NodeState.OFFLINE, NodeState.DEGRADED, NodeState.RECOVERING}, 30
+    )
+    # Other nodes keep working meanwhile.
+    assert await swarm.talk_ok("gfa1")
+    await stopping
+    await swarm.wait_state("fvc", {NodeState.OFFLINE}, 30)
+    started = time.monotonic()
+    await asyncio.to_thread(bed.start_engine, "fvc")
+    await swarm.wait_state("fvc", {NodeState.ONLINE}, 40)
+    assert await swarm.talk_ok("fvc")
+    print(f"fvc: engine back -> relaying again in {time.monotonic() - started:.2f} s")
+
+
+async def test_node_powered_off_then_on(swarm: Swarm, bed: Testbed, restore: None) -> None:
+    assert swarm.client is not None
+    await recover_all(swarm)
+    off = time.monotonic()
+    await asyncio.to_thread(bed.power_off, "gfa2")
+    await swarm.wait_state("gfa2", {NodeState.OFFLINE}, 20)
+    print(f"gfa2: powered off -> offline in {time.monotonic() - off:.2f} s")
+    # A node known offline is reported at once and fails talk quickly; others work.
+    started = time.monotonic()
+    reply = await swarm.command("status", 20)
+    assert reply.code == ":" and time.monotonic() - started < 3
+    node_lines = [line.values("node") for line in reply.with_keyword("node")]
+    assert ["gfa2", bed.node("gfa2").addr, bed.node("gfa2").docker_url, "F", "F"] in node_lines
+    reply = await swarm.command("talk -n gfa2 status", 20)
+    assert reply.code == "f"
+    assert await swarm.talk_ok("gfa1")
+    await asyncio.sleep(max(0.0, 20 - (time.monotonic() - off)))  # The node stays off 20 s.
+    await asyncio.to_thread(bed.power_on, "gfa2")
+    on = time.monotonic()
+    await swarm.wait_state("gfa2", {NodeState.ONLINE}, 40)
+    assert await swarm.talk_ok("gfa2")
+    print(f"gfa2: engine answering -> relaying again in {time.monotonic() - on:.2f} s")
+
+
+async def test_network_unplugged_and_plugged(swarm: Swarm, bed: Testbed, restore: None) -> None:
+    await recover_all(swarm)
+    before = await swarm.inspect("fvc")
+    await asyncio.to_thread(bed.unplug, "fvc")
+    await swarm.wait_state("fvc", {NodeState.OFFLINE}, 25)
+    assert await swarm.talk_ok("gfa1")
+    await asyncio.to_thread(bed.plug, "fvc")
+    await swarm.wait_state("fvc", {NodeState.ONLINE}, 30)
+    assert await swarm.talk_ok("fvc")
+    after = await swarm.inspect("fvc")
+    assert after["Id"] == before["Id"]
+    assert after["State"]["StartedAt"] == before["State"]["StartedAt"]  # never restarted
+
+
+async def test_flapping_node_is_not_hammered(swarm: Swarm) -> None:
+    assert swarm.actor is not None
+    await recover_all(swarm)
+    reconciler = swarm.actor.supervisor.reconcilers["gfa1"]
+    steps, repairs = reconciler.steps, reconciler.repairs
+    kills = 0
+    end = time.monotonic() + 12
+    while time.monotonic() < end:  # The container dies every 1.5 s.
+        with contextlib.suppress(aiodocker.DockerError):
+            await swarm.kill("gfa1")
+            kills += 1
+        await asyncio.sleep(1.5)
+    repairs, steps = reconciler.repairs - repairs, reconciler.steps - steps
+    print(f"gfa1 flapping: {kills} kills, {repairs} repairs, {steps} reconcile steps")
+    assert kills >= 3
+    # Back-off 0.5, 1, 2, 4, 8 s: at most ~6 repairs in 12 s, whatever the kill rate.
+    assert repairs <= 7
+    assert steps <= 16
+    await swarm.wait_state("gfa1", {NodeState.ONLINE}, 45)
+    assert await swarm.talk_ok("gfa1")
+
+
+async def test_fliswarm_restart_adopts_running_containers(swarm: Swarm) -> None:
+    await recover_all(swarm)
+    before = {name: await swarm.inspect(name) for name in swarm.names}
+    await swarm.stop()
+    await swarm.start()
+    assert swarm.actor is not None
+    await recover_all(swarm, timeout=30)
+    for name in swarm.names:
+        after = await swarm.inspect(name)
+        assert after["Id"] == before[name]["Id"]
+        assert after["State"]["StartedAt"] == before[name]["State"]["StartedAt"]
+    assert all(r.repairs == 0 for r in swarm.actor.supervisor.reconcilers.values())
