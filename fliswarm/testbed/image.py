@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -322,8 +323,8 @@ def _build(entry: Path, say: Progress) -> None:
     (work / "build.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(entry, ignore_errors=True)
     work.rename(entry)
-    for old in entry.parent.iterdir():  # drop builds of other inputs
-        if old.is_dir() and old != entry:
+    for old in entry.parent.iterdir():  # drop builds of other inputs (and nothing else)
+        if old != entry and re.fullmatch(r"[0-9a-f]{16}(\.tmp)?", old.name) and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     mib = 1024 * 1024
     say(
