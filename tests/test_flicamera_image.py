@@ -19,6 +19,7 @@ import pytest
 from astropy.io import fits
 
 from fliswarm.testbed import image as image_module
+from fliswarm.testbed.bed import Testbed
 from fliswarm.testbed.image import (
     DEFAULT_CACHE_DIR,
     FLICAMERA_VERSION,
@@ -30,6 +31,9 @@ from fliswarm.testbed.image import (
     start_flicamera_on_host,
     wait_flicamera_ready,
 )
+
+
+pytest_plugins = ["fliswarm.testbed.fixtures"]
 
 
 def free_port() -> int:
@@ -226,28 +230,12 @@ def test_image_refuses_registries_off_this_machine(registry_addr: str, tmp_path:
 # The image on a test bed node: privileged, host network, the bed's data dir as /data.
 
 
-@pytest.fixture(scope="module")
-def bed() -> Iterator[Any]:
-    """The test bed of ``$FLISWARM_TESTBED_ID``; brought down after if we brought it up."""
-
-    from fliswarm.testbed.bed import Testbed
-
-    testbed = Testbed()
-    was_up = testbed.is_up()
-    if not was_up:
-        testbed.up()
-    try:
-        yield testbed
-    finally:
-        if not was_up:
-            testbed.down()
-
-
 @pytest.mark.root
 @pytest.mark.testbed
-async def test_image_runs_flicamera_on_a_node(bed: Any, cache_dir: Path) -> None:
+async def test_image_runs_flicamera_on_a_node(testbed_clean: Testbed, cache_dir: Path) -> None:
     import aiodocker
 
+    bed = testbed_clean
     reference = await ensure_flicamera_image_async(bed.registry, cache_dir=cache_dir)
     node = bed.nodes[0]
     data_dir = Path(bed.data_dir)
@@ -262,7 +250,7 @@ async def test_image_runs_flicamera_on_a_node(bed: Any, cache_dir: Path) -> None
                 "Binds": [f"{data_dir}:/data"],
             },
         }
-        name = f"flicamera-image-test-{node.name}"
+        name = f"fliswarm-test-flicamera-{node.name}"  # testbed_clean removes fliswarm-test*
         container = await asyncio.wait_for(docker.containers.run(config, name=name), 30)
         try:
             info = await asyncio.wait_for(container.show(), 10)
