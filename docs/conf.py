@@ -36,9 +36,10 @@ exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
+# Quotes stay as typed: commands and values are copied from the pages.
+smartquotes = False
 
 html_theme = "furo"
 html_title = f"fliswarm {release}"
-html_static_path = ["_static"]
 # No search index fetched from anywhere, no remote fonts: the docs build and read offline.
 html_permalinks = True

@@ -182,8 +182,9 @@ def _field(label: str, value: str, literal: bool = False) -> list[nodes.Node]:
 
 def _entry_item(entry: ConfigEntry) -> nodes.definition_list_item:
     schema = entry.schema
-    item = nodes.definition_list_item(ids=[anchor("config", entry.dotted)])
-    item += nodes.term("", "", nodes.literal(text=entry.dotted))
+    item = nodes.definition_list_item()
+    term_id = anchor("config", entry.dotted)
+    item += nodes.term("", "", nodes.literal(text=entry.dotted), ids=[term_id])
 
     body = nodes.definition()
     facts = nodes.paragraph()
@@ -274,8 +275,8 @@ class KeywordsDirective(SphinxDirective):
         schema = json.loads(KEYWORDS_SCHEMA.read_text(encoding="utf-8"))
         out = nodes.definition_list()
         for name, sub in sorted(schema["properties"].items(), key=lambda kv: kv[0].lower()):
-            item = nodes.definition_list_item(ids=[anchor("keyword", name)])
-            item += nodes.term("", "", nodes.literal(text=name))
+            item = nodes.definition_list_item()
+            item += nodes.term("", "", nodes.literal(text=name), ids=[anchor("keyword", name)])
             body = nodes.definition()
             body += nodes.paragraph("", "", *_field("Values", _value_types(sub)))
             description = sub.get("description") or "Free text (information or progress)."
