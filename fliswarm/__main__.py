@@ -56,7 +56,9 @@ def _fail(message: str, code: int = 1) -> None:
     "-c",
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Configuration file (YAML). Default: the internal configuration of the real sites.",
+    envvar="FLISWARM_CONFIG",
+    help="Configuration file (YAML). Default: $FLISWARM_CONFIG, or the internal configuration "
+    "of the real sites.",
 )
 @click.option(
     "--nodes", type=str, help="Comma-separated nodes to enable, instead of the configured ones."
