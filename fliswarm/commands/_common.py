@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from fliswarm.supervision.desired import container_spec, container_user
 from fliswarm.tools import select_nodes, split_names
 
 
 if TYPE_CHECKING:
+    from clu.command import Command
+
     from fliswarm.actor import FLISwarmActor
-    from fliswarm.commands import FLISwarmCommand, NodesType
     from fliswarm.node import Node
+
+    # As in fliswarm.commands (spelt out here: mypy loses that alias in an import cycle).
+    FLISwarmCommand: TypeAlias = "Command[FLISwarmActor]"
+    NodesType: TypeAlias = "dict[str, Node]"
 
 
 __all__ = [

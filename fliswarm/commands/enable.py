@@ -88,6 +88,8 @@ async def enable(command: FLISwarmCommand, nodes: NodesType, names: tuple[str, .
     _set_config_enabled(command, nodes)
 
     await asyncio.gather(*[_connect(command, name) for name in to_connect])
+    for name in requested:
+        command.actor.supervisor.watch(name)  # No-op if already supervised.
     command.info(enabledNodes=enabled_names(nodes))
     return command.finish()
 
@@ -106,6 +108,8 @@ async def disable(command: FLISwarmCommand, nodes: NodesType, names: tuple[str, 
 
     async def one(name: str) -> None:
         nodes[name].enabled = False
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(command.actor.supervisor.unwatch(name), 10)
         device = command.actor.flicameras.get(name)
         if device is not None:
             with contextlib.suppress(Exception):

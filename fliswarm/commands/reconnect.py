@@ -14,7 +14,7 @@ from fliswarm.exceptions import FliswarmError, NodeError
 
 
 if TYPE_CHECKING:
-    from fliswarm.commands import FLISwarmCommand, NodesType
+    from fliswarm.commands._common import FLISwarmCommand, NodesType
     from fliswarm.device import FlicameraDevice
     from fliswarm.node import Node
 
@@ -93,8 +93,33 @@ async def wait_device_ready(
 
 
 async def reconnect_node(command: FLISwarmCommand, node: Node, force: bool) -> str | None:
-    """Volumes, container and device of one node. Returns why it failed, or `None`."""
+    """Volumes, container and device of one node. Returns why it failed, or `None`.
 
+    Holds the node's lock (``actor.node_lock``), so the supervisor does not act meanwhile,
+    and wakes the supervisor when done.
+    """
+
+    actor = command.actor
+    name = node.name
+    lock = actor.node_lock(name)
+    if lock.locked():
+        command.info(text=f"{name}: waiting for the supervisor to finish with the node.")
+    timeouts = actor.timeouts
+    lock_limit = float(timeouts.get("docker_pull", 600)) + float(
+        timeouts.get("container_ready", 30)
+    )
+    try:
+        await asyncio.wait_for(lock.acquire(), lock_limit)
+    except asyncio.TimeoutError:
+        return f"the node stayed busy (supervisor) for {lock_limit:g} s."
+    try:
+        return await _reconnect_locked(command, node, force)
+    finally:
+        lock.release()
+        actor.supervisor.wake(name)
+
+
+async def _reconnect_locked(command: FLISwarmCommand, node: Node, force: bool) -> str | None:
     actor = command.actor
     name = node.name
     device = actor.flicameras[name]
