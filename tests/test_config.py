@@ -206,6 +206,8 @@ def test_defaults_filled(tmp_path: pathlib.Path) -> None:
         "talk": 30,
         "container_ready": 30,
         "ssh": 15,
+        "device_connect": 5,
+        "power": 30,
     }
     assert config["restart_policy"] == "always"
     assert config["self_healing"] is True
