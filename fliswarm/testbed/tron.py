@@ -219,10 +219,6 @@ class TronHub:
         Set ``TCP_NODELAY`` on tron's client and actor sockets (saves ~40 ms per command).
     init_cmds
         Commands the generic nubs send to an actor on connection.
-    detached
-        Run tron in its own session and let it outlive this process (by default it is killed
-        when its parent dies). Record its `pid` to end it later from another process (SIGTERM,
-        then SIGKILL: tron can hang on SIGTERM).
     """
 
     def __init__(
@@ -234,7 +230,6 @@ class TronHub:
         fast_accept: bool = True,
         nodelay: bool = True,
         init_cmds: tuple[str, ...] = ("ping", "status"),
-        detached: bool = False,
     ):
         check_host(host, loopback_only=True)
         self.actors = dict(actors or {})
@@ -252,7 +247,6 @@ class TronHub:
         self.fast_accept = fast_accept
         self.nodelay = nodelay
         self.init_cmds = tuple(init_cmds)
-        self.detached = detached
         self.id = next(_hub_ids)
 
         self._proc: asyncio.subprocess.Process | None = None
@@ -361,7 +355,7 @@ class TronHub:
             "nodelay": self.nodelay,
             "generic_nubs": sorted(set(self.actors) - shipped),
             "init_cmds": list(self.init_cmds),
-            "parent_pid": 0 if self.detached else os.getpid(),
+            "parent_pid": os.getpid(),
         }
         env = {
             key: value
@@ -384,7 +378,6 @@ class TronHub:
             stderr=asyncio.subprocess.STDOUT,
             cwd=str(self.log_dir),
             env=env,
-            start_new_session=self.detached,
         )
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
