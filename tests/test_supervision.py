@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -73,8 +74,13 @@ class Swarm:
         #: The longest time a command sent to fliswarm took during the faults.
         self.longest: tuple[float, str] = (0.0, "")
 
-    async def start(self) -> None:
-        self.actor = FLISwarmActor.from_config(self.config)
+    async def start(self, **overrides: Any) -> None:
+        """Starts fliswarm with the configuration, with some settings changed."""
+
+        config = copy.deepcopy(self.config)
+        for key, value in overrides.items():
+            config[key] = value
+        self.actor = FLISwarmActor.from_config(config)
         await self.actor.start()
         self.client = await ActorClient.connect("127.0.0.1", self.actor.port)
 
@@ -332,3 +338,51 @@ async def test_fliswarm_restart_adopts_running_containers(swarm: Swarm) -> None:
         assert after["Id"] == before[name]["Id"]
         assert after["State"]["StartedAt"] == before[name]["State"]["StartedAt"]
     assert all(r.repairs == 0 for r in swarm.actor.supervisor.reconcilers.values())
+
+
+async def test_drifted_containers_are_reported_not_replaced(swarm: Swarm) -> None:
+    assert swarm.client is not None
+    await recover_all(swarm)
+    before = {name: (await swarm.inspect(name))["Id"] for name in swarm.names}
+    environment = dict(swarm.config["environment"], FLISWARM_TEST_DRIFT="1")
+    await swarm.stop()
+    await swarm.start(environment=environment)
+    await asyncio.gather(
+        *[swarm.wait_state(name, {NodeState.DRIFTED}, 30) for name in swarm.names]
+    )
+    assert await swarm.talk_ok("gfa1")  # A drifted container still works.
+    assert {name: (await swarm.inspect(name))["Id"] for name in swarm.names} == before
+    assert any("drifted" in t and "reconnect --force" in t for t in swarm.texts(0))
+    # The operator replaces one; the supervisor sees it match the configuration.
+    index = len(swarm.client.lines)
+    reply = await swarm.command("reconnect --force -n gfa1", 60)
+    assert reply.code == ":", str(reply)
+    await swarm.wait_state("gfa1", {NodeState.ONLINE}, 30, since=index)
+    replaced = (await swarm.inspect("gfa1"))["Id"]
+    assert replaced != before["gfa1"]
+    # Back to the original configuration, with replace_drifted: now gfa1 is the drifted
+    # one and is replaced without an operator; the others match and are kept.
+    await swarm.stop()
+    await swarm.start(replace_drifted=True)
+    await recover_all(swarm, timeout=60)
+    after = {name: (await swarm.inspect(name))["Id"] for name in swarm.names}
+    assert after["gfa1"] not in (before["gfa1"], replaced)
+    assert all(after[name] == before[name] for name in swarm.names if name != "gfa1")
+
+
+async def test_self_healing_off_tracks_but_does_not_repair(swarm: Swarm) -> None:
+    assert swarm.client is not None
+    await recover_all(swarm)
+    await swarm.stop()
+    await swarm.start(self_healing=False)
+    await recover_all(swarm, timeout=30)  # Adopted as they are.
+    index = len(swarm.client.lines)
+    await swarm.kill("gfa2")
+    await swarm.wait_state("gfa2", {NodeState.DEGRADED}, 20, since=index)
+    assert "self-healing is off" in swarm.actor.supervisor.state("gfa2").reason
+    assert (await swarm.inspect("gfa2"))["State"]["Running"] is False
+    assert not any("restarting it" in t for t in swarm.texts(index))
+    # With self-healing on again, fliswarm repairs it at start.
+    await swarm.stop()
+    await swarm.start()
+    await recover_all(swarm, timeout=30)
