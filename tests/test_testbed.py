@@ -213,6 +213,18 @@ async def test_stop_and_start_engine(testbed: Testbed, testbed_faults: Faults) -
 
 
 @root
+async def test_up_repairs_several_faults(testbed: Testbed, testbed_faults: Faults) -> None:
+    await testbed_faults.power_off("gfa1")
+    await testbed_faults.unplug("gfa2")
+    await testbed_faults.stop_engine("fvc")
+    status = await asyncio.to_thread(testbed.status)
+    assert [s["answering"] for s in status.values()] == [False, False, False]
+    await asyncio.wait_for(asyncio.to_thread(testbed.up), 30)
+    status = await asyncio.to_thread(testbed.status)
+    assert all(s["answering"] and s["reachable"] for s in status.values()), status
+
+
+@root
 def test_fault_fixture_restores(testbed: Testbed) -> None:
     status = testbed.status()
     assert all(s["powered"] and s["plugged"] and s["answering"] for s in status.values())

@@ -102,9 +102,12 @@ class Testbed(FaultsMixin):
         self.state_path = os.path.join(self.run_dir, "state.json")
         self.manager_addr = self.plan.manager_addr
         self.registry = f"{self.manager_addr}:5000"
-        self._rlock = threading.RLock()
+        self._rlock = threading.RLock()  # serialises operations of this object's threads
         self._depth = 0
+        self._owner: int | None = None
         self._lock_fd: int | None = None
+        self._tls = threading.local()  # .inherited: a worker of an operation holding the lock
+        self._state_lock = threading.Lock()  # state-file read-modify-write
 
         if names is None:
             state = self._load()
@@ -165,20 +168,29 @@ class Testbed(FaultsMixin):
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Serialises changes to this instance, across threads and processes."""
+        """Serialises operations on this instance, across threads and processes.
 
+        Re-entrant, and also entered at once by the worker threads of an operation that
+        holds it (see `_parallel`).
+        """
+
+        if getattr(self._tls, "inherited", False):
+            yield
+            return
         with self._rlock:
             if self._depth == 0:
                 os.makedirs(RUN_ROOT, exist_ok=True)
                 path = os.path.join(RUN_ROOT, f".lock-{self.instance}")
                 self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                self._owner = threading.get_ident()
             self._depth += 1
             try:
                 yield
             finally:
                 self._depth -= 1
                 if self._depth == 0 and self._lock_fd is not None:
+                    self._owner = None
                     os.close(self._lock_fd)
                     self._lock_fd = None
 
@@ -207,11 +219,22 @@ class Testbed(FaultsMixin):
         return self._load() is not None
 
     def _parallel(self, func: Callable[[Node], Any], nodes: list[Node] | None = None) -> None:
+        """Runs ``func(node)`` for every node in threads; they inherit our lock if we hold it."""
+
         nodes = self.nodes if nodes is None else nodes
         if not nodes:
             return
+        inherit = getattr(self._tls, "inherited", False) or self._owner == threading.get_ident()
+
+        def work(node: Node) -> Any:
+            self._tls.inherited = inherit
+            try:
+                return func(node)
+            finally:
+                self._tls.inherited = False
+
         with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-            for future in [pool.submit(func, node) for node in nodes]:
+            for future in [pool.submit(work, node) for node in nodes]:
                 future.result()
 
     # --------------------------------------------------------------- up / down
@@ -306,7 +329,7 @@ class Testbed(FaultsMixin):
         state = self._load()
         if state is not None and state["names"] != [n.name for n in self.nodes]:
             other = Testbed(self.instance, names=state["names"])
-            other._depth, other._rlock = 1, self._rlock  # we already hold the lock
+            other._tls.inherited = True  # we already hold the lock
             other._teardown()
             return
         if not self._leftovers():

@@ -55,9 +55,12 @@ def testbed(ctx: click.Context) -> None:
 def up(ctx: click.Context, n_nodes: int | None) -> None:
     """Brings the test bed up (repairs it if it is already up)."""
 
-    bed = _bed(ctx, n_nodes)
-    start = time.monotonic()
-    bed.up()
+    try:
+        bed = _bed(ctx, n_nodes)
+        start = time.monotonic()
+        bed.up()
+    except (ValueError, RuntimeError) as err:
+        raise click.ClickException(str(err)) from err
     names = " ".join(n.name for n in bed.nodes)
     click.echo(f"test bed {bed.instance} up in {time.monotonic() - start:.1f} s: {names}")
 

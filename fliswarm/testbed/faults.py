@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,9 @@ class FaultsMixin:
         def _locked(self) -> contextlib.AbstractContextManager[None]: ...
         def _load(self) -> dict[str, Any] | None: ...
         def _save(self, state: dict[str, Any]) -> None: ...
+
+        _state_lock: threading.Lock
+
         def _state(self) -> dict[str, Any]: ...
         def _parallel(self, func: Callable[[Node], Any]) -> None: ...
         def node(self, name: str) -> Node: ...
@@ -48,8 +52,11 @@ class FaultsMixin:
             state = self._state()
             reg = state["registry"]
             if not engine.process_alive(reg.get("pid"), self._registry_marker):
-                reg["pid"] = start_registry(self.manager_addr, self.run_dir)
-                self._save(state)
+                pid = start_registry(self.manager_addr, self.run_dir)
+                with self._state_lock:
+                    fresh = self._state()
+                    fresh["registry"]["pid"] = pid
+                    self._save(fresh)
 
             def fix(node: Node) -> None:
                 info = state["nodes"][node.name]
@@ -66,10 +73,17 @@ class FaultsMixin:
 
     # ------------------------------------------------------------------ faults
 
-    def _node_state(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _node_info(self, name: str) -> dict[str, Any]:
         self.node(name)
-        state = self._state()
-        return state, state["nodes"][name]
+        return dict(self._state()["nodes"][name])
+
+    def _update_node(self, name: str, **changes: Any) -> None:
+        """Changes a node's entry in the state file (atomically among threads)."""
+
+        with self._state_lock:
+            state = self._state()
+            state["nodes"][name].update(changes)
+            self._save(state)
 
     def power_off(self, name: str) -> None:
         """Pulls the node's power: SIGKILLs all its processes, deletes its veth and netns.
@@ -79,7 +93,7 @@ class FaultsMixin:
         """
 
         with self._locked():
-            state, info = self._node_state(name)
+            info = self._node_info(name)
             node, spec = self.node(name), self.engine_spec(name)
             pid = info.get("pid")
             if info["powered"] and network.netns_exists(node.netns):
@@ -87,8 +101,7 @@ class FaultsMixin:
             engine.kill_cgroup(spec.cgroup, ((pid, spec.config_path),) if pid else ())
             network.delete_node_net(self.plan, node.name, node.index)
             engine.remove_cgroup(spec)
-            info.update(powered=False, engine=False, pid=None)
-            self._save(state)
+            self._update_node(name, powered=False, engine=False, pid=None)
 
     def power_on(self, name: str, timeout: float = 60.0) -> None:
         """Powers the node back on: same MAC and address, its engine with its old data.
@@ -97,62 +110,57 @@ class FaultsMixin:
         """
 
         with self._locked():
-            state, info = self._node_state(name)
+            info = self._node_info(name)
             node, spec = self.node(name), self.engine_spec(name)
             if info["powered"] and network.netns_exists(node.netns):
                 return
             network.create_node_net(self.plan, node.name, node.index)
             pid = engine.start_engine(spec)
-            info.update(powered=True, plugged=True, engine=True, pid=pid)
-            self._save(state)
+            self._update_node(name, powered=True, plugged=True, engine=True, pid=pid)
             engine.wait_ready(spec, pid, timeout=timeout)
 
     def unplug(self, name: str) -> None:
         """Unplugs the node's network cable (its switch port goes down); the engine runs on."""
 
         with self._locked():
-            state, info = self._node_state(name)
+            info = self._node_info(name)
             if not info["powered"]:
                 raise RuntimeError(f"node {name} is powered off.")
             network.set_port(self.plan, self.node(name).index, False)
-            info["plugged"] = False
-            self._save(state)
+            self._update_node(name, plugged=False)
 
     def plug(self, name: str) -> None:
         """Plugs the node's network cable back in."""
 
         with self._locked():
-            state, info = self._node_state(name)
+            info = self._node_info(name)
             if not info["powered"]:
                 raise RuntimeError(f"node {name} is powered off.")
             node = self.node(name)
             network.set_port(self.plan, node.index, True)
             network.pin_neighbour(self.plan, node.index)
-            info["plugged"] = True
-            self._save(state)
+            self._update_node(name, plugged=True)
 
     def stop_engine(self, name: str, timeout: float = 15.0) -> None:
         """Stops the node's dockerd (SIGTERM, then SIGKILL after ``timeout``); the netns stays."""
 
         with self._locked():
-            state, info = self._node_state(name)
+            info = self._node_info(name)
             engine.terminate_engine(self.engine_spec(name), info.get("pid"), timeout=timeout)
-            info.update(engine=False, pid=None)
-            self._save(state)
+            self._update_node(name, engine=False, pid=None)
 
     def start_engine(self, name: str, timeout: float = 60.0) -> None:
         """Starts the node's dockerd again and waits until it answers."""
 
         with self._locked():
-            state, info = self._node_state(name)
+            info = self._node_info(name)
             if not info["powered"]:
                 raise RuntimeError(f"node {name} is powered off.")
             spec = self.engine_spec(name)
             if engine.process_alive(info.get("pid"), spec.config_path):
                 return
             pid = engine.start_engine(spec)
-            info.update(engine=True, pid=pid)
-            self._save(state)
+            self._update_node(name, engine=True, pid=pid)
             if info["plugged"]:
                 engine.wait_ready(spec, pid, timeout=timeout)
 
