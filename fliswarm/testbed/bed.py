@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from . import engine, network
+from . import engine, network, procs
 from .faults import FaultsMixin
 from .network import Plan, ensure_packages, run
 from .registry import start_registry, stop_registry
@@ -29,15 +29,6 @@ RUN_ROOT = "/run/fliswarm-testbed"
 LIB_ROOT = "/var/lib/fliswarm-testbed"
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,31}$")
-_SWEEP_PROGRAMS = {
-    "dockerd",
-    "containerd",
-    "containerd-shim-runc-v2",
-    "docker-registry",
-    "sh",
-    "nsenter",
-    "unshare",
-}
 
 
 def default_names(n_nodes: int) -> list[str]:
@@ -259,7 +250,7 @@ class Testbed(FaultsMixin):
             ensure_packages()
             network.safety_route()
             self._teardown()
-            engine.note_host_dirs(RUN_ROOT)
+            procs.note_host_dirs(RUN_ROOT)
             try:
                 self._bring_up(timeout)
             except BaseException:
@@ -322,7 +313,7 @@ class Testbed(FaultsMixin):
             or os.path.exists(self.lib_dir)
             or network.list_netns(self.plan.prefix + "-")
             or network.link_exists(self.plan.manager_link)
-            or any(os.path.exists(self.engine_spec(n.name).cgroup) for n in self.nodes)
+            or procs.cgroups_with_prefix(self.plan.prefix + "-")
         )
 
     def _teardown(self) -> None:
@@ -340,55 +331,27 @@ class Testbed(FaultsMixin):
         def kill(node: Node) -> None:
             spec = self.engine_spec(node.name)
             pid = (state or {}).get("nodes", {}).get(node.name, {}).get("pid")
-            engine.kill_cgroup(spec.cgroup, ((pid, spec.config_path),) if pid else ())
+            procs.kill_cgroup(spec.cgroup, ((pid, spec.config_path),) if pid else ())
 
         self._parallel(kill)
+        for cgroup in procs.cgroups_with_prefix(self.plan.prefix + "-"):
+            procs.kill_cgroup(cgroup)
         reg = (state or {}).get("registry", {})
         stop_registry(reg.get("pid"), self._registry_marker)
-        self._sweep_processes()
+        procs.sweep_processes(self.run_dir + "/")
         for node in self.nodes:
             network.delete_node_net(self.plan, node.name, node.index)
         for netns in network.list_netns(self.plan.prefix + "-"):
             run(["ip", "netns", "del", netns], check=False)
         network.delete_switch(self.plan)
-        self._unmount()
-        for node in self.nodes:
-            engine.remove_cgroup(self.engine_spec(node.name))
+        procs.unmount_under((self.run_dir + "/", self.lib_dir + "/"))
+        procs.remove_cgroups(self.plan.prefix + "-")
         shutil.rmtree(self.run_dir, ignore_errors=True)
         shutil.rmtree(self.lib_dir, ignore_errors=True)
-        engine.reap_children()
-        engine.remove_host_dirs(RUN_ROOT)
+        procs.reap_children()
+        procs.remove_host_dirs(RUN_ROOT)
         with contextlib.suppress(OSError):
             os.rmdir(LIB_ROOT)
-
-    def _sweep_processes(self) -> None:
-        """SIGKILLs leftover daemons of this instance (found by their command line)."""
-
-        marker = (self.run_dir + "/").encode()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if os.path.basename(argv[0].decode(errors="replace")) not in _SWEEP_PROGRAMS:
-                continue
-            if any(marker in arg for arg in argv[1:]):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry), 9)
-        engine.reap_children()
-
-    def _unmount(self) -> None:
-        """Lazily unmounts anything left under the bed's directories."""
-
-        prefixes = (self.run_dir + "/", self.lib_dir + "/")
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4] for line in f]
-        for point in sorted(points, key=len, reverse=True):
-            if point.startswith(prefixes):
-                run(["umount", "-l", point], check=False)
 
     # ------------------------------------------------------------ configuration
 

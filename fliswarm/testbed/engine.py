@@ -7,51 +7,41 @@ once); containers also get ``cgroup-parent: /<netns>`` in the v1 hierarchies.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import http.client
 import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from .procs import (
+    CGROUP2_ROOT,
+    kill_cgroup,
+    process_alive,
+    remove_cgroups,
+    spawn,
+)
 
 
 __all__ = [
     "EngineSpec",
-    "CGROUP2_ROOT",
     "needs_runtime_wrapper",
     "write_runtime_wrapper",
     "start_engine",
-    "spawn",
     "wait_ready",
     "ping",
-    "kill_cgroup",
-    "cgroup_pids",
     "remove_cgroup",
     "terminate_engine",
-    "process_alive",
     "http_request",
     "kill_containers",
-    "reap_children",
 ]
 
 
-CGROUP_ROOT = "/sys/fs/cgroup"
-CGROUP2_ROOT = (
-    "/sys/fs/cgroup/unified"
-    if os.path.exists("/sys/fs/cgroup/unified/cgroup.procs")
-    else "/sys/fs/cgroup"
-)
 RUNTIME_NAME = "fsw-runc"
-
-_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass(frozen=True)
@@ -200,57 +190,6 @@ def start_engine(spec: EngineSpec) -> int:
     return spawn(argv, spec.log_path)
 
 
-def spawn(argv: list[str], log_path: str) -> int:
-    """Starts a background program in a new session, output to ``log_path``; returns its PID.
-
-    The program is remembered so that `reap_children` can collect it once it dies.
-    """
-
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-    _children[proc.pid] = proc
-    return proc.pid
-
-
-def reap_children() -> None:
-    """Collects the exit status of engines we started that have died (no zombies)."""
-
-    for pid, proc in list(_children.items()):
-        if proc.poll() is not None:
-            _children.pop(pid, None)
-
-
-def process_alive(pid: int | None, marker: str) -> bool:
-    """Whether ``pid`` is a live (not zombie) process whose command line contains ``marker``.
-
-    A process in the middle of an ``exec`` briefly shows an empty command line: that is
-    read again a few times before concluding.
-    """
-
-    if not pid:
-        return False
-    reap_children()
-    for _ in range(50):
-        if not _exists(pid):
-            return False
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().decode(errors="replace")
-        except OSError:
-            return False
-        if cmdline:
-            return marker in cmdline
-        time.sleep(0.005)
-    return False
-
-
 def http_request(
     host: str | None,
     path: str,
@@ -326,72 +265,6 @@ def _tail(spec: EngineSpec, n: int = 15) -> str:
         return ""
 
 
-def _walk(cgroup: str) -> Iterator[str]:
-    for root, _dirs, _files in os.walk(cgroup, topdown=False):
-        yield root
-
-
-def cgroup_pids(cgroup: str) -> set[int]:
-    """PIDs of every process in a cgroup-v2 directory and below."""
-
-    pids: set[int] = set()
-    for path in _walk(cgroup):
-        try:
-            with open(os.path.join(path, "cgroup.procs")) as f:
-                pids.update(int(line) for line in f if line.strip())
-        except OSError:
-            pass
-    return pids
-
-
-def kill_cgroup(
-    cgroup: str, extra: tuple[tuple[int, str], ...] = (), timeout: float = 10.0
-) -> None:
-    """SIGKILLs every process of a cgroup and waits until none is left.
-
-    Parameters
-    ----------
-    cgroup
-        The cgroup-v2 directory.
-    extra
-        ``(pid, marker)`` pairs of processes to kill too, if `process_alive` (e.g. an
-        engine that had no time to join its cgroup).
-    timeout
-        Seconds to wait for the processes to die.
-    """
-
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = cgroup_pids(cgroup) if os.path.isdir(cgroup) else set()
-        pids |= {pid for pid, marker in extra if process_alive(pid, marker)}
-        pids = {pid for pid in pids if _exists(pid)}
-        if not pids:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes {sorted(pids)} of {cgroup} survive SIGKILL.")
-        if os.path.isdir(cgroup):
-            try:
-                with open(os.path.join(cgroup, "cgroup.kill"), "w") as f:
-                    f.write("1")
-            except OSError:
-                pass
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.02)
-        reap_children()
-
-
-def _exists(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def terminate_engine(spec: EngineSpec, pid: int | None, timeout: float = 15.0) -> None:
     """Stops dockerd with SIGTERM (it stops its containers), then SIGKILLs what is left."""
 
@@ -407,17 +280,7 @@ def terminate_engine(spec: EngineSpec, pid: int | None, timeout: float = 15.0) -
 def remove_cgroup(spec: EngineSpec) -> None:
     """Removes the node's (empty) cgroup directories in every hierarchy."""
 
-    roots = [CGROUP2_ROOT]
-    if CGROUP2_ROOT != CGROUP_ROOT:
-        roots += [os.path.join(CGROUP_ROOT, d) for d in os.listdir(CGROUP_ROOT)]
-    for root in roots:
-        top = os.path.join(root, spec.netns)
-        if os.path.isdir(top) and not os.path.islink(root):
-            for path in _walk(top):
-                try:
-                    os.rmdir(path)
-                except OSError:
-                    pass
+    remove_cgroups(spec.netns)
 
 
 def kill_containers(spec: EngineSpec, timeout: float = 5.0) -> None:
@@ -439,50 +302,3 @@ def kill_containers(spec: EngineSpec, timeout: float = 5.0) -> None:
             )
     except (OSError, ValueError):
         pass
-
-
-#: Directories every dockerd or shim creates whatever its configuration says.
-HOST_DIRS = ["/run/docker", "/run/docker/plugins", "/run/containerd", "/run/containerd/s"]
-
-
-@contextlib.contextmanager
-def _flock(path: str) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def note_host_dirs(run_root: str) -> None:
-    """Remembers which of `HOST_DIRS` do not exist yet (call before starting engines)."""
-
-    record = os.path.join(run_root, ".host-dirs")
-    with _flock(record + ".lock"):
-        missing = [d for d in HOST_DIRS if not os.path.exists(d)]
-        try:
-            with open(record) as f:
-                known = json.load(f)
-        except (OSError, ValueError):
-            known = []
-        with open(record, "w") as f:
-            json.dump(sorted(set(known) | set(missing)), f)
-
-
-def remove_host_dirs(run_root: str) -> None:
-    """Removes the remembered `HOST_DIRS` that are still empty, if no bed is up any more."""
-
-    record = os.path.join(run_root, ".host-dirs")
-    with _flock(record + ".lock"):
-        if any(entry.isdigit() for entry in os.listdir(run_root)):
-            return
-        try:
-            with open(record) as f:
-                dirs = json.load(f)
-        except (OSError, ValueError):
-            return
-        for path in sorted(dirs, key=len, reverse=True):
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
-        os.unlink(record)

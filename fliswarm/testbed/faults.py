@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import engine, network
+from . import engine, network, procs
 from .network import Plan, run
 from .registry import start_registry
 
@@ -51,7 +51,7 @@ class FaultsMixin:
         with self._locked():
             state = self._state()
             reg = state["registry"]
-            if not engine.process_alive(reg.get("pid"), self._registry_marker):
+            if not procs.process_alive(reg.get("pid"), self._registry_marker):
                 pid = start_registry(self.manager_addr, self.run_dir)
                 with self._state_lock:
                     fresh = self._state()
@@ -66,7 +66,7 @@ class FaultsMixin:
                     return
                 if not info["plugged"]:
                     self.plug(node.name)
-                if not engine.process_alive(info.get("pid"), spec.config_path):
+                if not procs.process_alive(info.get("pid"), spec.config_path):
                     self.start_engine(node.name, timeout=timeout)
 
             self._parallel(fix)
@@ -98,7 +98,7 @@ class FaultsMixin:
             pid = info.get("pid")
             if info["powered"] and network.netns_exists(node.netns):
                 network.set_port(self.plan, node.index, False)  # the cable first: no RST
-            engine.kill_cgroup(spec.cgroup, ((pid, spec.config_path),) if pid else ())
+            procs.kill_cgroup(spec.cgroup, ((pid, spec.config_path),) if pid else ())
             network.delete_node_net(self.plan, node.name, node.index)
             engine.remove_cgroup(spec)
             self._update_node(name, powered=False, engine=False, pid=None)
@@ -157,7 +157,7 @@ class FaultsMixin:
             if not info["powered"]:
                 raise RuntimeError(f"node {name} is powered off.")
             spec = self.engine_spec(name)
-            if engine.process_alive(info.get("pid"), spec.config_path):
+            if procs.process_alive(info.get("pid"), spec.config_path):
                 return
             pid = engine.start_engine(spec)
             self._update_node(name, engine=True, pid=pid)
@@ -187,7 +187,7 @@ class FaultsMixin:
                 "addr": node.addr,
                 "powered": powered,
                 "plugged": powered and network.port_is_up(self.plan, node.index),
-                "engine": powered and engine.process_alive(info.get("pid"), spec.config_path),
+                "engine": powered and procs.process_alive(info.get("pid"), spec.config_path),
                 "answering": False,
                 "reachable": False,
             }

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from . import engine
+from . import engine, procs
 from .bed import Node, Testbed
 from .registry import busybox_tar, publish_image_tar
 
@@ -82,7 +82,7 @@ def cleanup_node(bed: Testbed, node: Node, timeout: float = 10.0) -> None:
     spec = bed.engine_spec(node.name)
     if not (info.get("powered") and info.get("plugged")):
         return
-    if not engine.process_alive(info.get("pid"), spec.config_path):
+    if not procs.process_alive(info.get("pid"), spec.config_path):
         return
     addr = node.addr
     _, body = engine.http_request(addr, "/containers/json?all=1", timeout=timeout)

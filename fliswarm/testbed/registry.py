@@ -20,7 +20,8 @@ import urllib.parse
 
 import yaml
 
-from .engine import http_request, process_alive, spawn
+from .engine import http_request
+from .procs import process_alive, spawn
 
 
 __all__ = [
