@@ -196,6 +196,15 @@ def _add_testbed() -> None:
 _add_testbed()
 
 
+def _add_demo() -> None:
+    from fliswarm.demo import demo
+
+    fliswarm.add_command(demo)
+
+
+_add_demo()
+
+
 def main() -> None:
     """Entry point of the ``fliswarm`` console script."""
 
