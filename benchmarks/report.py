@@ -1,0 +1,226 @@
+"""The table of the side-by-side benchmarks (printed, and written to ``docs/performance.md``)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from scenarios import Results
+
+
+__all__ = ["Metric", "METRICS", "scale_metrics", "table", "verdicts", "markdown"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str  # "ms", "s", "%", "MB", "lines/s", "us"
+    factor: float = 1.0  # sample -> unit
+    target: str = ""
+    check: Callable[[dict[str, float], Results], bool | None] | None = None
+
+
+def _med(results: Results, key: str, kind: str) -> float:
+    values = results.samples.get(key, {}).get(kind) or []
+    return statistics.median(values) if values else math.nan
+
+
+def _ratio_at_least(key: str, factor: float) -> Callable[[dict[str, float], Results], bool]:
+    def check(m: dict[str, float], _: Results) -> bool:
+        return m["ratio"] >= factor
+
+    return check
+
+
+def _independent(m: dict[str, float], r: Results) -> bool:
+    one, three = _med(r, "status_1off", "ours"), _med(r, "status_3off", "ours")
+    return m["ratio"] >= 10 and three <= max(1.5 * one, one + 0.05)
+
+
+METRICS: list[Metric] = [
+    Metric("status_up", "status, all nodes up", "ms", 1e3, ">= 3x", _ratio_at_least("", 3)),
+    Metric("status_1off", "status, 1 node off", "ms", 1e3, ">= 10x", _ratio_at_least("", 10)),
+    Metric(
+        "status_3off",
+        "status, 3 nodes off",
+        "ms",
+        1e3,
+        ">= 10x, ~ 1 off",
+        _independent,
+    ),
+    Metric("reconnect_cached.cmd", "reconnect --force, cached: command", "s"),
+    Metric(
+        "reconnect_cached.ready",
+        "reconnect --force, cached: all talking",
+        "s",
+        1,
+        ">= 2x",
+        _ratio_at_least("", 2),
+    ),
+    Metric("reconnect_cold.cmd", "reconnect --force, cold pulls: command", "s"),
+    Metric(
+        "reconnect_cold.ready",
+        "reconnect --force, cold pulls: all talking",
+        "s",
+        1,
+        ">= 2x",
+        _ratio_at_least("", 2),
+    ),
+    Metric("talk_one", "talk -n gfa1 status", "ms", 1e3),
+    Metric("talk_all", "talk status (all)", "ms", 1e3),
+    Metric("talk_expose", "talk -c gfa expose 0.1", "ms", 1e3),
+    Metric(
+        "relay_added_ms",
+        "relay: added to a talk round trip",
+        "ms",
+        1,
+        "ours <= 0.5 ms",
+        lambda m, _: m["ours"] <= 0.5,
+    ),
+    Metric("relay_lines_per_s", "relay: lines/s, 20 concurrent talk", "lines/s"),
+    Metric(
+        "relay_cpu_us_per_line",
+        "relay: actor CPU per relayed line",
+        "us",
+        1,
+        ">= 4x",
+        _ratio_at_least("", 4),
+    ),
+    Metric(
+        "rss_growth_mb",
+        "RSS growth over the talk run",
+        "MB",
+        1,
+        "ours <= 5 MB",
+        lambda m, _: abs(m["ours"]) <= 5,
+    ),
+    Metric(
+        "recovery",
+        "container killed -> talk works",
+        "s",
+        1,
+        "ours <= 5 s, no operator",
+        lambda m, _: m["ours"] <= 5,
+    ),
+    Metric(
+        "idle_cpu_pct",
+        "idle CPU (% of a core)",
+        "%",
+        1,
+        "<= orig + 0.5",
+        lambda m, _: m["ours"] <= m["orig"] + 0.5,
+    ),
+    Metric("idle_rss_mb", "idle RSS", "MB"),
+]
+
+
+def scale_metrics(counts: list[int]) -> list[Metric]:
+    out = []
+    first = counts[0] if counts else 0
+    for count in counts:
+        target, check = "", None
+        if count == counts[-1] and count != first:
+
+            def check(m: dict[str, float], r: Results, count: int = count) -> bool:
+                return m["ours"] <= 2 * _med(r, f"scale_status_{first}", "ours")
+
+            target = f"ours <= 2x at {first}"
+        out.append(
+            Metric(f"scale_status_{count}", f"status, {count} nodes", "ms", 1e3, target, check)
+        )
+    for count in counts:
+        out.append(Metric(f"scale_talk_{count}", f"talk status, {count} nodes", "ms", 1e3))
+    return out
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def _cell(values: list[float], factor: float) -> str:
+    if not values:
+        return "-"
+    scaled = [v * factor for v in values]
+    return (
+        f"{_fmt(statistics.median(scaled))} "
+        f"[{_fmt(min(scaled))}-{_fmt(max(scaled))}] n={len(scaled)}"
+    )
+
+
+def table(results: Results, metrics: list[Metric]) -> list[list[str]]:
+    """Rows: metric, unit, original, ours, ratio orig/ours, target, met."""
+
+    rows = [
+        [
+            "scenario",
+            "unit",
+            "original: median [min-max]",
+            "fliswarm",
+            "orig/ours",
+            "target",
+            "met",
+        ]
+    ]
+    for metric in metrics:
+        data = results.samples.get(metric.key)
+        if not data:
+            continue
+        orig, ours = data.get("orig", []), data.get("ours", [])
+        m = {
+            "orig": statistics.median(orig) * metric.factor if orig else math.nan,
+            "ours": statistics.median(ours) * metric.factor if ours else math.nan,
+        }
+        m["ratio"] = m["orig"] / m["ours"] if m["ours"] not in (0, math.nan) else math.nan
+        met = ""
+        if metric.check is not None and not math.isnan(m["ours"]):
+            try:
+                ok = metric.check(m, results)
+            except (ZeroDivisionError, KeyError):
+                ok = None
+            met = (
+                "-"
+                if ok is None or (math.isnan(m["orig"]) and "orig" in metric.target)
+                else ("yes" if ok else "NO")
+            )
+        rows.append(
+            [
+                metric.label,
+                metric.unit,
+                _cell(orig, metric.factor),
+                _cell(ours, metric.factor),
+                _fmt(m["ratio"]) if not math.isnan(m["ratio"]) else "-",
+                metric.target,
+                met,
+            ]
+        )
+    return rows
+
+
+def verdicts(rows: list[list[str]]) -> list[str]:
+    return [f"{row[0]}: target {row[5]} NOT met" for row in rows[1:] if row[6] == "NO"]
+
+
+def text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    for row in rows[1:]:
+        out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return "\n".join(out)

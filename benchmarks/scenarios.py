@@ -1,0 +1,308 @@
+"""The benchmark scenarios, each run for one actor (``orig`` or ``ours``) at a time.
+
+A *session* starts one actor process, runs several scenarios against it and stops it;
+`run.py` alternates the two actors session by session. Every sample is recorded in a
+`Results` under a metric key (see `METRICS` in ``report.py``).
+
+- `session_a`: from clean nodes with no image: ``reconnect --force`` with cold pulls, then
+  again with the image cached; ``talk``; ``status`` with all nodes up; relay latency,
+  throughput, CPU per relayed line and memory after N ``talk`` commands. fliswarm runs with
+  ``self_healing: false`` here, or its supervisor would pull and start the containers by
+  itself before the operator's ``reconnect`` (the original has no supervisor).
+- `session_b`: default configuration, containers running: recovery after a container is
+  killed (the original needs an operator ``reconnect``: the harness sends it at once),
+  ``status`` with 1 and 3 nodes powered off.
+- `session_idle`: idle CPU and RSS over a window.
+- `session_scale`: ``status`` and ``talk status`` with many logical nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import harness
+from harness import ActorProcess, Client
+
+from fliswarm.testbed.bed import Testbed
+
+
+__all__ = ["Bench", "Results", "session_a", "session_b", "session_idle", "session_scale"]
+
+
+@dataclass
+class Results:
+    """Samples by metric key and actor kind, plus free-form notes."""
+
+    samples: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, key: str, kind: str, value: float) -> None:
+        self.samples[key][kind].append(value)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+@dataclass
+class Bench:
+    """What every session needs."""
+
+    bed: Testbed
+    image: str
+    names: list[str]
+    workdir: Path
+    results: Results
+    smoke: bool = False
+    say: Any = print
+
+    @property
+    def gfa(self) -> list[str]:
+        return [n for n in self.names if n.startswith("gfa")]
+
+    def config(self, kind: str, port: int, **extra: Any) -> dict[str, Any]:
+        if kind == "orig":
+            return harness.orig_config(self.bed, self.image, port, self.names)
+        return harness.ours_config(self.bed, self.image, port, self.names, **extra)
+
+
+@contextlib.asynccontextmanager
+async def actor_session(
+    bench: Bench, kind: str, config: dict[str, Any] | None = None, **extra: Any
+) -> AsyncIterator[tuple[ActorProcess, Client]]:
+    port = harness.free_port()
+    config = config or bench.config(kind, port, **extra)
+    config["actor"]["port"] = port
+    actor = ActorProcess(kind, config, bench.workdir / kind)
+    client: Client | None = None
+    try:
+        await actor.start()
+        client = await Client.connect(port)
+        yield actor, client
+    finally:
+        if client is not None:
+            await client.close()
+        await actor.stop()
+
+
+async def wait_talking(
+    client: Client, names: list[str], timeout: float = 120.0, command: str = "talk status"
+) -> float:
+    """Sends ``talk status`` until every node answers; returns the monotonic time it did."""
+
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = await client.command(command, 60)
+        if set(names) <= reply.nodes_with("status"):
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            missing = sorted(set(names) - reply.nodes_with("status"))
+            raise TimeoutError(f"cameras not answering after {timeout} s: {missing}")
+        await asyncio.sleep(0.1)
+
+
+async def timed(client: Client, command: str, timeout: float = 120.0) -> float:
+    reply = await client.command(command, timeout)
+    if reply.code != ":":
+        raise RuntimeError(f"{command!r} ended with {reply.code}: {reply.lines[-3:]}")
+    return reply.seconds
+
+
+def _repeat(bench: Bench, full: int, smoke: int) -> int:
+    return smoke if bench.smoke else full
+
+
+# ---------------------------------------------------------------------- session A
+
+
+async def _reconnect(bench: Bench, kind: str, client: Client, key: str) -> None:
+    start = time.monotonic()
+    reply = await client.command("reconnect --force", 900)
+    if reply.code != ":":
+        raise RuntimeError(f"{kind}: reconnect --force failed: {reply.lines[-4:]}")
+    bench.results.add(f"{key}.cmd", kind, reply.seconds)
+    ready = await wait_talking(client, bench.names, 180)
+    bench.results.add(f"{key}.ready", kind, ready - start)
+    bench.say(f"  {kind} {key}: command {reply.seconds:.2f} s, talking {ready - start:.2f} s")
+
+
+async def session_a(bench: Bench, kind: str) -> None:
+    """Cold and cached reconnect, talk, status all up, relay (see the module docstring)."""
+
+    r = bench.results
+    await asyncio.to_thread(harness.clean_nodes, bench.bed)
+    await asyncio.to_thread(harness.remove_image, bench.bed, bench.image)
+    async with actor_session(bench, kind, self_healing=False) as (actor, client):
+        await _reconnect(bench, kind, client, "reconnect_cold")
+        await _reconnect(bench, kind, client, "reconnect_cached")
+
+        n = _repeat(bench, 5, 3)
+        first = bench.names[0]
+        for _ in range(n):
+            r.add("talk_one", kind, await timed(client, f"talk -n {first} status"))
+            reply = await client.command("talk status", 60)
+            if reply.nodes_with("status") != set(bench.names):
+                raise RuntimeError(f"{kind}: talk status missed nodes: {reply.lines}")
+            r.add("talk_all", kind, reply.seconds)
+        for _ in range(_repeat(bench, 3, 1)):
+            reply = await client.command("talk -c gfa expose 0.1", 120)
+            bundle = reply.values("filename_bundle")
+            files = len(bundle[-1]) if bundle else 0
+            if reply.code != ":" or files != len(bench.gfa):
+                raise RuntimeError(f"{kind}: expose gave {files} files: {reply.lines[-4:]}")
+            r.add("talk_expose", kind, reply.seconds)
+        for _ in range(n):
+            r.add("status_up", kind, await timed(client, "status"))
+
+        await relay(bench, kind, actor, client)
+
+
+async def relay(bench: Bench, kind: str, actor: ActorProcess, client: Client) -> None:
+    """Relay latency vs flicamera directly, throughput, CPU per line, memory growth."""
+
+    r = bench.results
+    node = bench.bed.node(bench.names[0])
+    n = _repeat(bench, 300, 50)
+    direct = await harness.json_roundtrip(node.addr, 19995, "status", n)
+    relayed = []
+    for _ in range(n):
+        relayed.append(await timed(client, f"talk -n {node.name} status"))
+    added = (statistics.median(relayed) - statistics.median(direct)) * 1000
+    r.add("relay_added_ms", kind, added)
+
+    # Throughput: many concurrent talk commands, rotating over the nodes.
+    total = _repeat(bench, 5000, 500)
+    concurrency = 20
+    names = bench.names
+    counter = iter(range(total))
+    relayed_lines = [0]
+
+    async def worker() -> None:
+        for i in counter:
+            reply = await client.command(f"talk -n {names[i % len(names)]} status", 120)
+            relayed_lines[0] += len(reply.values("status"))
+
+    rss0, cpu0, t0 = actor.rss_mb(), actor.cpu_seconds(), time.monotonic()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    took, cpu = time.monotonic() - t0, actor.cpu_seconds() - cpu0
+    lines = max(relayed_lines[0], 1)
+    r.add("relay_lines_per_s", kind, lines / took)
+    r.add("relay_cpu_us_per_line", kind, cpu / lines * 1e6)
+    r.add("rss_growth_mb", kind, actor.rss_mb() - rss0)
+    bench.say(
+        f"  {kind} relay: +{added:.2f} ms/round trip, {lines / took:.0f} lines/s, "
+        f"{cpu / lines * 1e6:.0f} us CPU/line, RSS {rss0:.1f} -> {actor.rss_mb():.1f} MB "
+        f"after {total} talk"
+    )
+
+
+# ---------------------------------------------------------------------- session B
+
+
+async def _kill(bench: Bench, name: str) -> None:
+    addr = bench.bed.node(name).addr
+    await asyncio.to_thread(
+        harness.engine.http_request, addr, f"/containers/flicamera-{name}/kill", "POST", 10.0
+    )
+
+
+async def _offline(client: Client, names: list[str], timeout: float = 60.0) -> float:
+    """Waits until fliswarm's status reports every node in ``names`` offline."""
+
+    start = time.monotonic()
+    while True:
+        reply = await client.command("status", 60)
+        states = {v[0]: v[1] for v in reply.values("nodeState") if len(v) > 1}
+        if all(states.get(n) == "offline" for n in names):
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"not offline after {timeout} s: {states}")
+        await asyncio.sleep(0.2)
+
+
+async def session_b(bench: Bench, kind: str) -> None:
+    """Recovery after a container kill; status with nodes powered off."""
+
+    r, bed = bench.results, bench.bed
+    async with actor_session(bench, kind) as (actor, client):
+        # The containers of session A (same actor) run: both connect to them at start.
+        await wait_talking(client, bench.names, 180)
+
+        for i in range(_repeat(bench, 5, 2)):
+            name = bench.names[i % len(bench.names)]
+            start = time.monotonic()
+            await _kill(bench, name)
+            if kind == "orig":
+                await asyncio.sleep(0.2)  # The operator notices...
+                await client.command(f"reconnect -n {name}", 120)
+            else:
+                await asyncio.sleep(0.2)  # Let the kill reach fliswarm, not the old socket.
+            await wait_talking(client, [name], 120, f"talk -n {name} status")
+            r.add("recovery", kind, time.monotonic() - start)
+            bench.say(f"  {kind} recovery {name}: {time.monotonic() - start:.2f} s")
+
+        off = [bench.names[-1], *bench.names[-3:-1]]
+        n = _repeat(bench, 5, 3)
+        for count, key in ((1, "status_1off"), (3, "status_3off")):
+            todo = [name for name in off[:count] if bed._state()["nodes"][name]["powered"]]
+            for name in todo:
+                await asyncio.to_thread(bed.power_off, name)
+            if kind == "ours":
+                took = await _offline(client, off[:count])
+                bench.say(f"  ours: {count} node(s) reported offline after {took:.1f} s")
+            for _ in range(n):
+                r.add(key, kind, await timed(client, "status", 120))
+        await asyncio.to_thread(bed.restore)
+        for name in off:
+            await asyncio.to_thread(harness.provide_usb_bus, bed, name)
+
+
+# ------------------------------------------------------------------------- idle
+
+
+async def session_idle(bench: Bench, kind: str, seconds: float) -> None:
+    """CPU (% of a core) and RSS of the actor, idle with every camera connected."""
+
+    await asyncio.to_thread(harness.clean_nodes, bench.bed)
+    async with actor_session(bench, kind) as (actor, client):
+        if kind == "orig":
+            await timed(client, "reconnect", 300)
+        await wait_talking(client, bench.names, 180)
+        await asyncio.sleep(3)
+        windows = 5
+        rss0 = actor.rss_mb()
+        for _ in range(windows):
+            cpu0, t0 = actor.cpu_seconds(), time.monotonic()
+            await asyncio.sleep(seconds / windows)
+            cpu = (actor.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
+            bench.results.add("idle_cpu_pct", kind, cpu)
+        bench.results.add("idle_rss_mb", kind, actor.rss_mb())
+        bench.say(f"  {kind} idle: RSS {rss0:.1f} -> {actor.rss_mb():.1f} MB")
+
+
+# ------------------------------------------------------------------------ scale
+
+
+async def session_scale(
+    bench: Bench, kind: str, config: dict[str, Any], names: list[str], count: int
+) -> None:
+    """``status`` and ``talk status`` with ``count`` logical nodes (containers running)."""
+
+    async with actor_session(bench, kind, config=config) as (_, client):
+        await wait_talking(client, names, 300)
+        for _ in range(_repeat(bench, 5, 3)):
+            bench.results.add(f"scale_status_{count}", kind, await timed(client, "status"))
+            reply = await client.command("talk status", 60)
+            if reply.nodes_with("status") != set(names):
+                raise RuntimeError(f"{kind}: talk status at {count} nodes missed some.")
+            bench.results.add(f"scale_talk_{count}", kind, reply.seconds)
