@@ -231,6 +231,8 @@ def _resolve(
         out["user"] = node.get("user", ssh["user"])
         out["power"] = {"device": node["power"]["device"]} if "power" in node else None
         out["docker-tls"] = _tls(node.get("docker-tls")) or global_tls
+        if node.get("environment"):
+            out["environment"] = dict(node["environment"])
         resolved_nodes[name] = out
 
     volumes = {}

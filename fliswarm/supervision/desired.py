@@ -71,6 +71,7 @@ def container_spec(actor: ActorLike, name: str, force: bool = False) -> dict[str
     if actor.observatory:
         envs["OBSERVATORY"] = actor.observatory
     envs.update({str(k): str(v) for k, v in (config.get("environment") or {}).items()})
+    envs.update({str(k): str(v) for k, v in (node_config.get("environment") or {}).items()})
     return {
         "name": actor.get_container_name(name),
         "image": config["image"],
