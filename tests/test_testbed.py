@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from fliswarm.testbed import Testbed, cli, default_names
+from fliswarm.testbed import Testbed, cli, default_names, ensure_packages
 from fliswarm.testbed.bed import RUN_ROOT
 from fliswarm.testbed.network import list_netns, netns_exists
 
@@ -94,6 +94,11 @@ def test_addressing_and_config() -> None:
         Testbed(instance=97, names=["gfa1", "gfa1"])
     with pytest.raises(ValueError):
         Testbed(instance=97, names=["Bad_Name"])
+
+
+@root
+def test_packages_present() -> None:
+    assert ensure_packages() == []  # nothing left to install on this machine
 
 
 @root
