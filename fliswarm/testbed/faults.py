@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import threading
 from collections.abc import Callable
+from subprocess import DEVNULL
 from typing import TYPE_CHECKING, Any
 
 from . import engine, network, procs
@@ -192,9 +194,15 @@ class FaultsMixin:
                 "reachable": False,
             }
             if powered and network.link_exists(self.plan.manager_link):
-                result["answering"] = engine.ping(node.addr, timeout=1.0)
                 cmd = ["ping", "-c", "1", "-W", "1", "-q", node.addr]
-                result["reachable"] = run(cmd, check=False, timeout=5).returncode == 0
+                icmp = subprocess.Popen(cmd, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL)
+                try:
+                    result["answering"] = engine.ping(node.addr, timeout=1.0)
+                    result["reachable"] = icmp.wait(timeout=5) == 0
+                finally:
+                    if icmp.poll() is None:
+                        icmp.kill()
+                        icmp.wait()
             out[node.name] = result
 
         self._parallel(probe)
