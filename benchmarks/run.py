@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=None, help="repetitions (5; smoke 1)")
     parser.add_argument("--smoke", action="store_true", help="short CI run")
     parser.add_argument("--output", type=Path, default=None, help="markdown report to write")
-    parser.add_argument("--idle", type=float, default=None, help="idle window, s (60; smoke 10)")
+    parser.add_argument("--idle", type=float, default=None, help="idle window, s (60; smoke 5)")
     parser.add_argument(
         "--scale", type=str, default=None, help="node counts of the scale scenario (5,10,20,50)"
     )
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.nodes = args.nodes or (3 if args.smoke else 7)
     args.repeat = args.repeat or (1 if args.smoke else 5)
-    args.idle = args.idle if args.idle is not None else (10.0 if args.smoke else 60.0)
+    args.idle = args.idle if args.idle is not None else (5.0 if args.smoke else 60.0)
     if args.scale is None:
         args.scale = "3,6" if args.smoke else "5,10,20,50"
     args.scale_counts = [int(c) for c in args.scale.split(",") if c.strip()]
@@ -74,7 +74,7 @@ async def run(args: argparse.Namespace, bed: Testbed) -> tuple[Results, list[int
 
     for rep in range(args.repeat):
         order = ["orig", "ours"] if rep % 2 == 0 else ["ours", "orig"]
-        for kind in order:
+        for kind in order if {"a", "b"} & args.only else []:
             print(f"repetition {rep + 1}/{args.repeat}: {kind}", flush=True)
             if "a" in args.only:
                 await scenarios.session_a(bench, kind)

@@ -172,7 +172,7 @@ async def relay(bench: Bench, kind: str, actor: ActorProcess, client: Client) ->
 
     r = bench.results
     node = bench.bed.node(bench.names[0])
-    n = _repeat(bench, 300, 50)
+    n = _repeat(bench, 300, 30)
     direct = await harness.json_roundtrip(node.addr, 19995, "status", n)
     relayed = []
     for _ in range(n):
@@ -181,7 +181,7 @@ async def relay(bench: Bench, kind: str, actor: ActorProcess, client: Client) ->
     r.add("relay_added_ms", kind, added)
 
     # Throughput: many concurrent talk commands, rotating over the nodes.
-    total = _repeat(bench, 5000, 500)
+    total = _repeat(bench, 5000, 300)
     concurrency = 20
     names = bench.names
     counter = iter(range(total))
@@ -238,7 +238,7 @@ async def session_b(bench: Bench, kind: str) -> None:
         # The containers of session A (same actor) run: both connect to them at start.
         await wait_talking(client, bench.names, 180)
 
-        for i in range(_repeat(bench, 5, 2)):
+        for i in range(_repeat(bench, 5, 1)):
             name = bench.names[i % len(bench.names)]
             start = time.monotonic()
             await _kill(bench, name)

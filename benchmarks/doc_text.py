@@ -1,0 +1,116 @@
+"""The text of ``docs/performance.md`` around the table that `run.py` prints."""
+
+from __future__ import annotations
+
+import argparse
+
+
+__all__ = ["render"]
+
+
+METHOD = """\
+## How it is measured
+
+`python3 benchmarks/run.py [--nodes 7] [--repeat 5] [--smoke] [--output docs/performance.md]`
+(root) does everything: it brings up the [test bed](nodes.md) (one `dockerd` per node in its own
+network namespace, a registry on the manager), builds the simulated flicamera image (the real
+flicamera 0.7.2 actor with a simulated camera), installs the original `sdss-fliswarm==0.7.0`
+with `python3 -m venv` + `pip` into a cached virtual environment
+(`/var/cache/fliswarm-bench/venv-orig`), and runs each scenario against both actors. Both
+actors run as separate processes on 127.0.0.1, with the same nodes, image, registry and volume; only loopback and the bed's node
+addresses are contacted.
+
+- **Alternating sessions.** A session starts one actor, runs scenarios and stops it. At every
+  repetition both actors get the same sessions; the order flips between repetitions, so that a
+  slow phase of the machine does not land on one side only. Each cell of the table gives the
+  median, the minimum and maximum and the number of samples `n`; the ratio is
+  `median(original) / median(fliswarm)` (above 1: fliswarm is faster or lighter; for lines/s,
+  below 1).
+- **Session A** (from nodes without containers, volume or image): `reconnect --force` with cold
+  pulls, then again with the image cached. "command" is the time until the command finished,
+  "all talking" the time from sending it until `talk status` is answered by every camera.
+  Then `talk`, `status` with every node up, and the relay: `talk -n <node> status`
+  round trips compared with the same `status` sent straight to that flicamera, then 20
+  concurrent `talk -n <node> status` loops (5,000 commands; 300 in smoke mode) for the number
+  of relayed lines per second, the actor's CPU time per relayed line and its RSS growth.
+  fliswarm runs with `self_healing: false` in this session, otherwise its supervisor would
+  pull and start the containers by itself before the operator's `reconnect` (the original
+  has no supervisor).
+- **Session B** (default configuration, the containers of session A running): a flicamera
+  container is killed and `talk -n <node> status` is retried until it works. fliswarm recovers
+  by itself; **the original needs an operator `reconnect -n <node>`, which the harness sends
+  0.2 s after the kill**: its figure includes that command. Then nodes are powered off (their
+  processes killed, their network gone: a Docker call hangs like on a dead machine) and
+  `status` is timed with 1 and with 3 nodes off. fliswarm's status is timed once its
+  supervisor reports the nodes offline (waited for on its `nodeState` keyword).
+- **Idle**: with every camera connected, the actor's CPU time (its process and its waited-for
+  children: the original runs `ping` through a shell) over five equal windows, and its RSS.
+- **Scale**: logical nodes `sNN`, each a flicamera container with its own port
+  (`FLICAMERA_PORT` through fliswarm's per-node `environment`), spread over the bed's engines;
+  `status` and `talk status` with the first N nodes enabled. The original is configured with
+  the same hosts and ports and talks to the containers fliswarm started.
+
+### /dev/bus/usb on the test bed
+
+The original always bind-mounts `/dev/bus/usb` into the flicamera container, and the Docker
+engine refuses a bind mount whose source does not exist; the bed's machines have no USB bus.
+The harness (`benchmarks/harness.py`, `provide_usb_bus`) therefore gives each node's `dockerd`
+a private `/dev` inside the node's own mount namespace (the bed starts every engine with
+`unshare --mount --propagation slave`): a tmpfs copy of the host's device nodes with `pts`,
+`shm`, `mqueue` bound back and an empty `bus/usb`, moved over `/dev` with `nsenter` into the
+engine's mount namespace. The host's `/dev` never changes and the copy disappears with the
+node's engine; it is set up again after a node is powered on. fliswarm passes the bus through
+only where it exists, so both actors get the same mounts on the bed.
+"""
+
+CAVEATS = """\
+## Reading the figures
+
+- The machine has few cores, and the bed's seven `dockerd`s, the registry, up to 50 flicamera
+  processes and both actors share them (and other jobs may run at the same time): absolute
+  figures are those of a small, busy machine; the ratios within one run are the comparison.
+- `reconnect --force` is bounded below by the flicamera containers themselves: seven Python
+  actors importing astropy at once take several seconds to listen on this machine, and with
+  cold pulls the 111 MiB image is pulled by every node from one registry at the same time. The
+  original waits a fixed 5 s after starting the containers; fliswarm connects as soon as each
+  flicamera accepts the connection.
+- The original's `status` lists containers by "ancestor" image without the tag and so reports
+  no container for the `:sim` image of the bed; it does the same Docker calls either way.
+"""
+
+
+def render(
+    info: dict[str, str],
+    table: str,
+    args: argparse.Namespace,
+    notes: list[str],
+    failed: list[str],
+) -> str:
+    """The whole page."""
+
+    mode = "smoke run" if args.smoke else "full run"
+    lines = [
+        "# Performance",
+        "",
+        "fliswarm against the original `sdss-fliswarm` 0.7.0, side by side on the same real "
+        "test bed. This page is written by `benchmarks/run.py`; the figures below are the ones "
+        "it printed.",
+        "",
+        f"## Results ({mode}: {args.nodes} nodes, {args.repeat} repetition(s), "
+        f"idle window {args.idle:g} s)",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    lines += [f"| {key} | {value} |" for key, value in info.items()]
+    lines += ["", table, ""]
+    if failed:
+        lines += ["Targets not met in this run:", ""]
+        lines += [f"- {line}" for line in failed]
+        lines.append("")
+    if notes:
+        lines += ["Notes from the run:", ""]
+        lines += [f"- {note}" for note in notes]
+        lines.append("")
+    lines += [METHOD, CAVEATS]
+    return "\n".join(lines)
