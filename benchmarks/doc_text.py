@@ -17,8 +17,8 @@ network namespace, a registry on the manager), builds the simulated flicamera im
 flicamera 0.7.2 actor with a simulated camera), installs the original `sdss-fliswarm==0.7.0`
 with `python3 -m venv` + `pip` into a cached virtual environment
 (`/var/cache/fliswarm-bench/venv-orig`), and runs each scenario against both actors. Both
-actors run as separate processes on 127.0.0.1, with the same nodes, image, registry and volume; only loopback and the bed's node
-addresses are contacted.
+actors run as separate processes on 127.0.0.1, with the same nodes, image, registry and
+volume; only loopback and the bed's node addresses are contacted.
 
 - **Alternating sessions.** A session starts one actor, runs scenarios and stops it. At every
   repetition both actors get the same sessions; the order flips between repetitions, so that a
