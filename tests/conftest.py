@@ -7,6 +7,9 @@ import os
 import pytest
 
 
+# Fixtures of the real test bed (Docker nodes, registry, images) and of the tron hub.
+pytest_plugins = ["fliswarm.testbed.fixtures", "fliswarm.testbed.tron_fixtures"]
+
 IS_ROOT = os.geteuid() == 0
 # Set by .ci/run: tests that need root must run there, never skip.
 REQUIRE_ROOT_TESTS = bool(os.environ.get("FLISWARM_REQUIRE_ROOT_TESTS"))

@@ -14,9 +14,6 @@ from fliswarm.commands.talk import expected_duration
 from fliswarm.testbed.tron import TronClient, TronTimeoutError
 
 
-pytest_plugins = ["fliswarm.testbed.tron_fixtures"]
-
-
 @pytest.fixture(scope="module")
 def flicameras(tmp_path_factory: pytest.TempPathFactory):
     procs = FlicameraProcesses(tmp_path_factory.mktemp("flicamera-data"))

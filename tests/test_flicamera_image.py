@@ -33,9 +33,6 @@ from fliswarm.testbed.image import (
 )
 
 
-pytest_plugins = ["fliswarm.testbed.fixtures"]
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

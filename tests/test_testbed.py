@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from fliswarm.testbed.fixtures import Faults
 
 
-pytest_plugins = ["fliswarm.testbed.fixtures"]
-
 root = pytest.mark.root
 
 MANAGED_LABEL = "org.sdss.fliswarm.managed"

@@ -26,7 +26,6 @@ from fliswarm.testbed.tron import (
 if TYPE_CHECKING:
     from fliswarm.testbed.tron_fixtures import ClientFactory, HubFactory
 
-pytest_plugins = ["fliswarm.testbed.tron_fixtures"]
 pytestmark = [pytest.mark.tron, pytest.mark.timeout(60)]
 
 ACTOR = "echoer"
