@@ -47,6 +47,8 @@ __all__ = [
     "IMAGE_INPUTS_HASH",
     "DEFAULT_CACHE_DIR",
     "ImageBuild",
+    "PythonBase",
+    "build_python_base",
     "image_inputs",
     "build_flicamera_image",
     "ensure_flicamera_image",
@@ -378,7 +380,7 @@ def _pip_install(target: Path) -> None:
     shutil.rmtree(target / "bin", ignore_errors=True)  # scripts with the host's shebang
 
 
-def _add_files(rootfs: Path) -> None:
+def _add_files(rootfs: Path, applets: tuple[str, ...] = ()) -> None:
     """Adds the launcher, busybox as ``/bin/sh`` and a minimal ``/etc``."""
 
     launcher = _inside(rootfs, LAUNCHER_IN_IMAGE)
@@ -387,7 +389,9 @@ def _add_files(rootfs: Path) -> None:
     busybox = shutil.which("busybox") or "/bin/busybox"
     (rootfs / "bin").mkdir(exist_ok=True)
     shutil.copy2(busybox, rootfs / "bin/busybox")
-    for applet in ("sh", "ls", "cat", "ps", "env", "sleep", "mkdir", "rm"):
+    for applet in dict.fromkeys(
+        ("sh", "ls", "cat", "ps", "env", "sleep", "mkdir", "rm", *applets)
+    ):
         (rootfs / "bin" / applet).symlink_to("busybox")
     (rootfs / "etc").mkdir(exist_ok=True)
     (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
@@ -442,6 +446,72 @@ def _copy_libraries(rootfs: Path) -> None:
             shutil.copy2(lib, target)
             if lib.startswith(sys.base_prefix + "/") and shutil.which("strip"):
                 _run(["strip", "--strip-unneeded", str(target)], 120)  # libpython
+
+
+#: Busybox applets the Python base image has besides those of the flicamera image.
+BASE_APPLETS = ("chown", "chmod", "cp", "mv", "ln", "id", "echo", "test", "[", "touch", "tar")
+
+
+@dataclass
+class PythonBase:
+    """The result of `build_python_base`: a root file system to import as a base image."""
+
+    #: Gzipped tar of the root file system (``docker import`` / ``POST /images/create``).
+    layer: Path
+    #: ``ENV`` and ``CMD`` to give the imported image.
+    env: list[str]
+    cmd: list[str]
+    inputs_hash: str
+    #: Whether this call built it (`False`: from the cache).
+    built: bool
+
+
+def build_python_base(
+    cache_dir: Path | None = None, packages: tuple[str, ...] = ("pip",), lock_timeout: float = 900
+) -> PythonBase:
+    """A local stand-in for a ``python:3.X-slim`` base image, made from the host Python.
+
+    The interpreter, its standard library and shared libraries (as for the flicamera image),
+    busybox as ``/bin/sh`` with common applets, and ``packages`` (e.g. ``pip``) copied from the
+    host's site-packages, so that ``RUN pip install ...`` works in a Dockerfile built on it.
+    Cached in ``cache_dir`` (default `DEFAULT_CACHE_DIR`) by a hash of its inputs.
+    """
+
+    import importlib.metadata
+
+    versions = [f"{p}=={importlib.metadata.version(p)}" for p in packages]
+    inputs = {"python": sys.version, "executable": os.path.realpath(sys.executable)}
+    inputs |= {"recipe": "1", "packages": " ".join(versions), "applets": " ".join(BASE_APPLETS)}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
+    entry = cache_dir / f"python-base-{digest}"
+    bindir = os.path.dirname(os.path.realpath(sys.executable))
+    env = [f"PATH={bindir}:/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "HOME=/root"]
+    with _locked(cache_dir / ".lock", lock_timeout):
+        built = not (entry / "rootfs.tar.gz").exists()
+        if built:
+            work = entry.with_name(entry.name + ".tmp")
+            shutil.rmtree(work, ignore_errors=True)
+            rootfs = work / "rootfs"
+            _copy_python(rootfs)
+            purelib = _inside(rootfs, sysconfig.get_paths()["purelib"])
+            for dist in packages:
+                files = importlib.metadata.distribution(dist).files or []
+                for top in {f.parts[0] for f in files if ".." not in f.parts}:
+                    source = Path(sysconfig.get_paths()["purelib"]) / top
+                    if source.is_dir():
+                        shutil.copytree(source, purelib / top, symlinks=True)
+            _add_files(rootfs, BASE_APPLETS)
+            shutil.rmtree(_inside(rootfs, os.path.dirname(LAUNCHER_IN_IMAGE)))
+            _copy_libraries(rootfs)
+            _write_layer(rootfs, work / "rootfs.tar.gz")
+            shutil.rmtree(rootfs)
+            shutil.rmtree(entry, ignore_errors=True)
+            work.rename(entry)
+            for old in cache_dir.glob("python-base-*"):
+                if old != entry and old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+    return PythonBase(entry / "rootfs.tar.gz", env, ["python3"], digest, built)
 
 
 class _HashingWriter:
