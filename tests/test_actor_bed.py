@@ -21,7 +21,7 @@ import click
 import pytest
 import yaml
 from clu.legacy import LegacyActor
-from clu.parsers.click import CluGroup
+from clu.parsers.click import CluGroup, ping
 from helpers_actor import ActorClient, ActorReply, free_port
 
 from fliswarm.actor import FLISwarmActor
@@ -272,6 +272,9 @@ async def test_reboot_soft_ssh_to_a_node_without_sshd(bed: Testbed, image: str, 
 @click.group(cls=CluGroup)
 def power_parser(*args: Any) -> None:
     """The power actor's commands."""
+
+
+power_parser.add_command(ping)
 
 
 @power_parser.group()
