@@ -411,11 +411,14 @@ async def test_daemon_from_the_cli_through_tron(
             stdin=subprocess.DEVNULL,
         )
 
+    t0 = time.monotonic()
     started = await asyncio.to_thread(cli, "start")
     assert started.returncode == 0, started.stdout + started.stderr
+    print(f"daemon started in {time.monotonic() - t0:.1f} s")
     try:
         client = await tron_client_factory(hub)
         await tron_ready(client, "fliswarm", 30)
+        print(f"daemon reachable through tron {time.monotonic() - t0:.1f} s after start")
         status = await client.send("status", timeout=30)
         assert status.ok, str(status)
         names = {line.keywords["node"][0] for line in status.lines if "node" in line.keywords}  # type: ignore[index]
@@ -431,8 +434,11 @@ async def test_daemon_from_the_cli_through_tron(
             if "status" in line.keywords
         }
         assert relayed == {node.name for node in bed.nodes}
+        print(f"status, reconnect, talk done {time.monotonic() - t0:.1f} s after start")
     finally:
+        t1 = time.monotonic()
         stopped = await asyncio.to_thread(cli, "stop")
+        print(f"daemon stopped in {time.monotonic() - t1:.1f} s")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert not (tmp_path / "fliswarm.pid").exists()
     gone = await client.send("ping", timeout=10)
