@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .node import Node
 
 
-__all__ = ["report_status", "actor_config"]
+__all__ = ["report_status", "actor_config", "probe", "PING_GRACE"]
 
 
 def actor_config(command: Any) -> Mapping[str, Any]:
@@ -29,6 +29,30 @@ def actor_config(command: Any) -> Mapping[str, Any]:
 
 async def _none() -> None:
     return None
+
+
+#: Seconds the Docker engine gets to answer before the node is pinged as well.
+PING_GRACE = 0.25
+
+
+async def probe(node: Node, ping_timeout: float) -> tuple[bool, bool]:
+    """Whether the node is alive and whether its Docker engine answers.
+
+    An engine that answers proves the node alive: the ICMP ``ping`` (a process per call,
+    most of the cost of a status) is only run when the engine has not answered within
+    `PING_GRACE` seconds, concurrently with the rest of the engine's wait.
+    """
+
+    docker = asyncio.ensure_future(node.client_alive())
+    try:
+        done, _ = await asyncio.wait({docker}, timeout=PING_GRACE)
+        if docker in done and docker.result():
+            return True, True
+        alive, docker_alive = await asyncio.gather(node.ping(ping_timeout), docker)
+    except BaseException:
+        docker.cancel()
+        raise
+    return alive, docker_alive
 
 
 async def report_status(
@@ -46,7 +70,7 @@ async def report_status(
         volume_names = list(config.get("volumes") or [])
     ping_timeout = float(config.get("ping_timeout") or node.ping_timeout)
 
-    node_alive, docker_alive = await asyncio.gather(node.ping(ping_timeout), node.client_alive())
+    node_alive, docker_alive = await probe(node, ping_timeout)
     result: dict[str, Any] = {
         "node_alive": node_alive,
         "docker_alive": docker_alive,
