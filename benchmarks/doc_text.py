@@ -30,9 +30,11 @@ volume; only loopback and the bed's node addresses are contacted.
   pulls, then again with the image cached. "command" is the time until the command finished,
   "all talking" the time from sending it until `talk status` is answered by every camera.
   Then `talk`, `status` with every node up, and the relay: `talk -n <node> status`
-  round trips compared with the same `status` sent straight to that flicamera, then 20
-  concurrent `talk -n <node> status` loops (5,000 commands; 300 in smoke mode) for the number
-  of relayed lines per second, the actor's CPU time per relayed line and its RSS growth.
+  round trips interleaved with the same `status` sent straight to that flicamera (the
+  difference of the medians is what the actor adds), then 20 concurrent `talk status` loops
+  (700 commands to every node; 60 in smoke mode) for the relayed lines per second and the
+  actor's CPU time per relayed line, then 5,000 `talk -n <node> status` (300 in smoke mode)
+  for the actor's RSS growth.
   fliswarm runs with `self_healing: false` in this session, otherwise its supervisor would
   pull and start the containers by itself before the operator's `reconnect` (the original
   has no supervisor).

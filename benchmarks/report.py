@@ -80,7 +80,7 @@ METRICS: list[Metric] = [
         "ours <= 0.5 ms",
         lambda m, _: m["ours"] <= 0.5,
     ),
-    Metric("relay_lines_per_s", "relay: lines/s, 20 concurrent talk", "lines/s"),
+    Metric("relay_lines_per_s", "relay: lines/s, 20 concurrent talk status", "lines/s"),
     Metric(
         "relay_cpu_us_per_line",
         "relay: actor CPU per relayed line",
@@ -91,7 +91,7 @@ METRICS: list[Metric] = [
     ),
     Metric(
         "rss_growth_mb",
-        "RSS growth over the talk run",
+        "RSS growth after 5000 talk (smoke 300)",
         "MB",
         1,
         "ours <= 5 MB",

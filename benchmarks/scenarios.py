@@ -173,31 +173,39 @@ async def relay(bench: Bench, kind: str, actor: ActorProcess, client: Client) ->
     r = bench.results
     node = bench.bed.node(bench.names[0])
     n = _repeat(bench, 300, 30)
-    direct = await harness.json_roundtrip(node.addr, 19995, "status", n)
-    relayed = []
+    # Interleaved: one round trip straight to flicamera, one through the actor.
+    direct, relayed = [], []
     for _ in range(n):
+        direct += await harness.json_roundtrip(node.addr, 19995, "status", 1)
         relayed.append(await timed(client, f"talk -n {node.name} status"))
     added = (statistics.median(relayed) - statistics.median(direct)) * 1000
     r.add("relay_added_ms", kind, added)
 
-    # Throughput: many concurrent talk commands, rotating over the nodes.
-    total = _repeat(bench, 5000, 300)
-    concurrency = 20
-    names = bench.names
-    counter = iter(range(total))
-    relayed_lines = [0]
+    # Throughput and CPU per relayed line: concurrent ``talk status`` (every node).
+    async def run(total: int, text: Any) -> int:
+        counter = iter(range(total))
+        lines = [0]
 
-    async def worker() -> None:
-        for i in counter:
-            reply = await client.command(f"talk -n {names[i % len(names)]} status", 120)
-            relayed_lines[0] += len(reply.values("status"))
+        async def worker() -> None:
+            for i in counter:
+                reply = await client.command(text(i), 120)
+                lines[0] += len(reply.values("status"))
 
-    rss0, cpu0, t0 = actor.rss_mb(), actor.cpu_seconds(), time.monotonic()
-    await asyncio.gather(*[worker() for _ in range(concurrency)])
+        await asyncio.gather(*[worker() for _ in range(20)])
+        return lines[0]
+
+    cpu0, t0 = actor.cpu_seconds(), time.monotonic()
+    lines = await run(_repeat(bench, 700, 60), lambda i: "talk status")
     took, cpu = time.monotonic() - t0, actor.cpu_seconds() - cpu0
-    lines = max(relayed_lines[0], 1)
+    lines = max(lines, 1)
     r.add("relay_lines_per_s", kind, lines / took)
     r.add("relay_cpu_us_per_line", kind, cpu / lines * 1e6)
+
+    # Memory: RSS before and after many single-node talk commands.
+    total = _repeat(bench, 5000, 300)
+    names = bench.names
+    rss0 = actor.rss_mb()
+    await run(total, lambda i: f"talk -n {names[i % len(names)]} status")
     r.add("rss_growth_mb", kind, actor.rss_mb() - rss0)
     bench.say(
         f"  {kind} relay: +{added:.2f} ms/round trip, {lines / took:.0f} lines/s, "
