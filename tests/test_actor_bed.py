@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,13 @@ from fliswarm.testbed.tron import TronClient, TronTimeoutError
 
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed]
-pytest_plugins = ["fliswarm.testbed.tron_fixtures"]
 
 
 @pytest.fixture(scope="module")
-def bed() -> Iterator[Testbed]:
-    """The test bed (instance ``$FLISWARM_TESTBED_ID``), brought up if needed."""
+def bed(testbed: Testbed) -> Testbed:
+    """The session's test bed (``fliswarm.testbed.fixtures``), brought up if needed."""
 
-    testbed = Testbed()
-    was_up = testbed.is_up()
-    testbed.up()
-    yield testbed
-    if not was_up:
-        testbed.down()
+    return testbed
 
 
 @pytest.fixture(scope="module")
