@@ -8,13 +8,18 @@ import copy
 import inspect
 import os
 import pathlib
+import re
+import shlex
 from typing import TYPE_CHECKING, Any
 
+from clu import CommandError
+from clu.command import Command, parse_legacy_command
 from clu.legacy import LegacyActor
 
 from fliswarm import __version__
 from fliswarm.commands import parser
 from fliswarm.device import FlicameraDevice
+from fliswarm.server import SafeStreamServer
 from fliswarm.supervision import Supervisor
 
 
@@ -26,6 +31,8 @@ __all__ = ["FLISwarmActor", "KEYWORDS_SCHEMA"]
 
 #: JSON Schema of the keywords fliswarm writes itself.
 KEYWORDS_SCHEMA = pathlib.Path(__file__).parent / "etc" / "keywords.json"
+# The command id of a line ``[commander] <command_id> ...`` (commander: tron's ``a.b``).
+_LINE_IDS = re.compile(r"\s*(?:[A-Za-z0-9]*\.[A-Za-z0-9_.]+\s+)?(\d{1,9})(?:\s|$)")
 
 
 class FLISwarmActor(LegacyActor):
@@ -52,6 +59,15 @@ class FLISwarmActor(LegacyActor):
         super().__init__(*args, **kwargs)
         if kwargs.get("additional_properties") and self.model is not None:
             self.model.schema["additionalProperties"] = True  # Old configurations.
+        # CLU's server leaks the transports of clients that vanish (see fliswarm.server).
+        self._server = SafeStreamServer(
+            self.host,
+            self.port,
+            connection_callback=self.new_user,
+            data_received_callback=self.new_command,
+            log=self.log,
+            overflow_callback=self._line_too_long,
+        )
 
         self.observatory: str | None = self.config.get("observatory") or os.environ.get(
             "OBSERVATORY"
@@ -341,9 +357,69 @@ class FLISwarmActor(LegacyActor):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 10)
 
+    # Client connections and command lines (hardened; see fliswarm.server)
+
+    def new_user(self, transport: Any) -> Any:
+        """Registers a new client, or forgets one that left (never a closing one)."""
+
+        if transport.is_closing():
+            user_id = getattr(transport, "user_id", None)
+            if user_id is not None and self.transports.get(user_id) is transport:
+                self.log.debug(f"user {user_id} disconnected.")
+                return self.transports.pop(user_id)
+            return None
+        return super().new_user(transport)
+
     def new_command(self, transport: Any, command_str: bytes):
-        """Handles a command line; invalid UTF-8 is replaced instead of dropping the user."""
+        """Handles a command line.
+
+        Invalid UTF-8 is replaced and NUL bytes removed instead of dropping the user; a
+        line that is not ``[commander] [command_id] command`` fails for this user only
+        (CLU would broadcast the error with command id 0).
+        """
 
         if isinstance(command_str, bytes):
             command_str = command_str.decode(errors="replace").encode()
+        command_str = command_str.replace(b"\x00", b"")
+        text = command_str.decode().strip()
+        if text:
+            try:
+                parse_legacy_command(text)
+            except CommandError:
+                self._fail_line(transport, text, f"Could not parse command {text[:200]!r}.")
+                return None
         return super().new_command(transport, command_str)
+
+    def parse_command(self, command: Any) -> Any:
+        """Parses and runs a command; an unbalanced quote fails it instead of raising."""
+
+        try:
+            shlex.split(command.body)
+        except ValueError as err:
+            command.set_status(command.status.RUNNING, internal=True)
+            return command.fail(error=f"Cannot split command {command.body[:200]!r}: {err}.")
+        return super().parse_command(command)
+
+    def _line_too_long(self, transport: Any, head: bytes, size: int) -> None:
+        limit = self._server.line_limit
+        text = head.decode(errors="replace")
+        self._fail_line(transport, text, f"Command line too long ({size} bytes; limit {limit}).")
+
+    def _fail_line(self, transport: Any, text: str, error: str) -> None:
+        """Writes ``f`` for a line that is not a command, with its command id if it has one."""
+
+        user_id = getattr(transport, "user_id", None)
+        if user_id is None or self.transports.get(user_id) is not transport:
+            return
+        match = _LINE_IDS.match(text)
+        command_id = int(match.group(1)) if match else 0
+        # A command bound to the transport: the reply goes to this user only.
+        command = Command(
+            command_string="",
+            commander_id=user_id,
+            command_id=command_id,
+            consumer_id=self.name,
+            actor=self,
+            transport=transport,
+        )
+        command.fail(error=error)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from clu.parsers.click import (
+    CluCommand,
     CluGroup,
     get_command_model,
     get_schema,
@@ -96,7 +97,36 @@ def parser(*args: Any) -> None:
 #: Alias, under the name CLU and the original fliswarm use.
 command_parser = parser
 
-for _builtin in (ping, version, help_, get_schema, keyword, get_command_model):
+
+def _command_path(group: click.Command, words: list[str]) -> list[str]:
+    """The leading words that name a command or sub-command of ``group``."""
+
+    kept: list[str] = []
+    current = group
+    for word in words:
+        commands = getattr(current, "commands", None)
+        if not commands or word not in commands:
+            break
+        kept.append(word)
+        current = commands[word]
+    return kept or words[:1]
+
+
+@click.command(name="help", cls=CluCommand)
+@click.argument("PARSER-COMMAND", type=str, required=False)
+@click.pass_context
+def help_command(ctx: click.Context, *args: Any, parser_command: str | None) -> Any:
+    """Shows the help."""
+
+    # CLU's help walks every word as a sub-command: "talk -n gfa1 status --help" (sent to
+    # help as "talk -n gfa1 status") raised AttributeError. Keep only the command path.
+    words = (parser_command or "").strip('"').split()
+    path = " ".join(_command_path(ctx.command, words))
+    assert help_.callback is not None
+    return help_.callback(*args, parser_command=f'"{path}"')
+
+
+for _builtin in (ping, version, help_command, get_schema, keyword, get_command_model):
     parser.add_command(_builtin)
 
 
