@@ -131,6 +131,7 @@ class DaemonSpec:
     log_file: Path | None = None
     stop_timeout: float = 20.0
     start_timeout: float = 30.0
+    _is_worker: bool = False
 
     def _daemon(self) -> daemonocle.Daemon:
         return daemonocle.Daemon(
@@ -143,6 +144,8 @@ class DaemonSpec:
         )
 
     def _worker(self, debug: bool = False) -> None:
+        # Only true in the worker process: its own exit must not be taken for a detach.
+        self._is_worker = True
         _setup_logging(self.log_file, debug)
         asyncio.run(run_actor(self.config))
 
@@ -171,7 +174,7 @@ class DaemonSpec:
         except SystemExit as exc:
             # daemonocle exits from the original process (with the first child's status)
             # and from the first child once the worker is detached.
-            if debug or os.getpid() == origin or exc.code not in (0, None):
+            if debug or self._is_worker or os.getpid() == origin or exc.code not in (0, None):
                 raise
             self._confirm_started()
             raise SystemExit(0) from None

@@ -279,8 +279,12 @@ async def test_node_powered_off_then_on(swarm: Swarm, bed: Testbed, restore: Non
     assert reply.code == ":" and time.monotonic() - started < 3
     node_lines = [line.values("node") for line in reply.with_keyword("node")]
     assert ["gfa2", bed.node("gfa2").addr, bed.node("gfa2").docker_url, "F", "F"] in node_lines
+    started = time.monotonic()
     reply = await swarm.command("talk -n gfa2 status", 20)
     assert reply.code == "f"
+    # No connection attempt (and its timeout) towards a node known to be offline.
+    assert time.monotonic() - started < 1.5
+    assert any("the node is offline" in line.raw for line in reply.lines)
     assert await swarm.talk_ok("gfa1")
     await asyncio.sleep(max(0.0, 20 - (time.monotonic() - off)))  # The node stays off 20 s.
     await asyncio.to_thread(bed.power_on, "gfa2")

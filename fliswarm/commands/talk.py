@@ -70,13 +70,19 @@ async def _run_on_node(
         sub._finish(False, f"{name}: no flicamera device is configured.")
         return sub
 
-    if not device.is_connected() and device.auto_connect:
+    # A node the supervisor knows is offline is not worth a connection attempt (and its
+    # timeout): its camera is reported at once.
+    offline = actor.supervisor.is_offline(name)
+    if not device.is_connected() and device.auto_connect and not offline:
         try:
             await device.start(actor.device_connect_timeout)
         except ConnectionError:
             pass
     if not device.is_connected():
-        reason = f" ({device.last_error})" if device.last_error else ""
+        if offline:
+            reason = " (the node is offline)"
+        else:
+            reason = f" ({device.last_error})" if device.last_error else ""
         command.warning(text=f"{name}: flicamera is not connected{reason}.")
         sub = SubCommand(name, 0, camera_command, command)
         sub._finish(False, f"{name}: flicamera is not connected.")
