@@ -33,6 +33,7 @@ import pkgutil
 from typing import TYPE_CHECKING, Any
 
 import click
+from clu.legacy.actor import tron_reconnect
 from clu.parsers.click import (
     CluCommand,
     CluGroup,
@@ -126,7 +127,17 @@ def help_command(ctx: click.Context, *args: Any, parser_command: str | None) -> 
     return help_.callback(*args, parser_command=f'"{path}"')
 
 
-for _builtin in (ping, version, help_command, get_schema, keyword, get_command_model):
+# CLU's LegacyActor adds tron_reconnect to its parser when tron is configured; having it
+# from the start keeps the command set (and its reference documentation) the same either way.
+for _builtin in (
+    ping,
+    version,
+    help_command,
+    get_schema,
+    keyword,
+    get_command_model,
+    tron_reconnect,
+):
     parser.add_command(_builtin)
 
 
