@@ -21,7 +21,7 @@ from helpers_actor import FINISH_CODES, ActorLine, parse_line
 from fliswarm.actor import FLISwarmActor
 
 
-__all__ = ["ActorThread", "LineClient", "VALID_CODES"]
+__all__ = ["LoopThread", "ActorThread", "LineClient", "VALID_CODES"]
 
 T = TypeVar("T")
 
@@ -29,30 +29,21 @@ T = TypeVar("T")
 VALID_CODES = frozenset(">:fe!iwd")
 
 
-class ActorThread:
-    """A started `FLISwarmActor` whose event loop runs in a daemon thread."""
+class LoopThread:
+    """An event loop running in a daemon thread."""
 
-    def __init__(self, config: dict[str, Any], log_dir: str, supervise: bool = True) -> None:
-        self.log_dir = log_dir
+    def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.actor: FLISwarmActor = self.call(self._start(config, log_dir, supervise), 60)
-
-    async def _start(self, config: dict[str, Any], log_dir: str, supervise: bool) -> FLISwarmActor:
-        actor = FLISwarmActor.from_config(config, log_dir=log_dir)
-        await actor.start()
-        if not supervise:  # Nodes without a Docker engine would be seen offline.
-            await actor.supervisor.stop()
-        return actor
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        """Runs a coroutine on the actor's loop and returns its result."""
+        """Runs a coroutine on the loop and returns its result."""
 
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def sync(self, func: Callable[[], T], timeout: float = 10.0) -> T:
-        """Runs a function on the actor's loop (to read its state safely)."""
+        """Runs a function on the loop (to read or change its objects safely)."""
 
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
@@ -64,6 +55,27 @@ class ActorThread:
 
         self.loop.call_soon_threadsafe(run)
         return future.result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class ActorThread(LoopThread):
+    """A started `FLISwarmActor` whose event loop runs in a daemon thread."""
+
+    def __init__(self, config: dict[str, Any], log_dir: str, supervise: bool = True) -> None:
+        super().__init__()
+        self.log_dir = log_dir
+        self.actor: FLISwarmActor = self.call(self._start(config, log_dir, supervise), 60)
+
+    async def _start(self, config: dict[str, Any], log_dir: str, supervise: bool) -> FLISwarmActor:
+        actor = FLISwarmActor.from_config(config, log_dir=log_dir)
+        await actor.start()
+        if not supervise:  # Nodes without a Docker engine would be seen offline.
+            await actor.supervisor.stop()
+        return actor
 
     def counts(self) -> dict[str, int]:
         """Bookkeeping sizes: users, server transports, device ids and sub-commands."""
@@ -88,9 +100,7 @@ class ActorThread:
         try:
             self.call(self.actor.stop(), 30)
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
+            self.close()
 
 
 class LineClient:
