@@ -448,6 +448,12 @@ def _copy_libraries(rootfs: Path) -> None:
                 _run(["strip", "--strip-unneeded", str(target)], 120)  # libpython
 
 
+#: System libraries manylinux wheels may use without bundling them (PEP 600 policies), + zlib.
+MANYLINUX_LIBRARIES = (
+    "libc.so.6", "libm.so.6", "libdl.so.2", "librt.so.1", "libpthread.so.0", "libutil.so.1",
+    "libresolv.so.2", "libnsl.so.1", "libcrypt.so.1", "libgcc_s.so.1", "libstdc++.so.6",
+    "libz.so.1",
+)  # fmt: skip
 #: Busybox applets the Python base image has besides those of the flicamera image.
 BASE_APPLETS = ("chown", "chmod", "cp", "mv", "ln", "id", "echo", "test", "[", "touch", "tar")
 
@@ -481,7 +487,7 @@ def build_python_base(
 
     versions = [f"{p}=={importlib.metadata.version(p)}" for p in packages]
     inputs = {"python": sys.version, "executable": os.path.realpath(sys.executable)}
-    inputs |= {"recipe": "1", "packages": " ".join(versions), "applets": " ".join(BASE_APPLETS)}
+    inputs |= {"recipe": "2", "packages": " ".join(versions), "applets": " ".join(BASE_APPLETS)}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
     entry = cache_dir / f"python-base-{digest}"
@@ -504,6 +510,7 @@ def build_python_base(
             _add_files(rootfs, BASE_APPLETS)
             shutil.rmtree(_inside(rootfs, os.path.dirname(LAUNCHER_IN_IMAGE)))
             _copy_libraries(rootfs)
+            _copy_system_libraries(rootfs)
             _write_layer(rootfs, work / "rootfs.tar.gz")
             shutil.rmtree(rootfs)
             shutil.rmtree(entry, ignore_errors=True)
@@ -512,6 +519,19 @@ def build_python_base(
                 if old != entry and old.is_dir():
                     shutil.rmtree(old, ignore_errors=True)
     return PythonBase(entry / "rootfs.tar.gz", env, ["python3"], digest, built)
+
+
+def _copy_system_libraries(rootfs: Path) -> None:
+    """Adds the system libraries that manylinux wheels may link to, as a Debian base has them."""
+
+    libc = next((p for p in rootfs.rglob("libc.so.6") if p.is_file()), None)
+    if libc is None:
+        return
+    host_dir = Path("/") / libc.parent.relative_to(rootfs)
+    for name in MANYLINUX_LIBRARIES:
+        source = host_dir / name
+        if source.exists() and not (libc.parent / name).exists():
+            shutil.copy2(source.resolve(), libc.parent / name)
 
 
 class _HashingWriter:
