@@ -25,7 +25,6 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,35 +42,17 @@ class DemoError(Exception):
     """A demo step that failed; the message names the step."""
 
 
-@dataclass(frozen=True)
 class DemoPaths:
-    """The files of one demo instance."""
+    """The files of one demo instance, under ``STATE_ROOT/<instance>``."""
 
-    instance: int
-
-    @property
-    def root(self) -> Path:
-        return STATE_ROOT / str(self.instance)
-
-    @property
-    def config(self) -> Path:
-        return self.root / "fliswarm.yaml"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "fliswarm.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.root / "fliswarm.log"
-
-    @property
-    def tron_dir(self) -> Path:
-        return self.root / "tron"
-
-    @property
-    def state_file(self) -> Path:
-        return self.root / "state.json"
+    def __init__(self, instance: int) -> None:
+        self.instance = instance
+        self.root = STATE_ROOT / str(instance)
+        self.config = self.root / "fliswarm.yaml"
+        self.pid_file = self.root / "fliswarm.pid"
+        self.log_file = self.root / "fliswarm.log"
+        self.tron_dir = self.root / "tron"
+        self.state_file = self.root / "state.json"
 
     def state(self) -> dict[str, Any]:
         try:
@@ -119,12 +100,15 @@ def _end(pid: int, marker: str, timeout: float) -> None:
 
 
 def _sweep(marker: str) -> list[int]:
-    """SIGKILLs every process whose command line mentions the directory ``marker``."""
+    """SIGKILLs the Python processes whose command line mentions the directory ``marker``."""
 
     killed = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid() and _alive(int(entry), marker):
-            with contextlib.suppress(ProcessLookupError):
+        if not entry.isdigit() or int(entry) == os.getpid() or not _alive(int(entry), marker):
+            continue
+        with contextlib.suppress(OSError):
+            program = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0]
+            if os.path.basename(program).startswith(b"python"):  # not a user's tail -f
                 os.kill(int(entry), signal.SIGKILL)
                 killed.append(int(entry))
     return killed
@@ -490,6 +474,9 @@ def run_demo(instance: int, n_nodes: int, keep: bool, say: Callable[[str], None]
         failed = True
         say(f"ERROR: {err}")
         say(f"Logs: {demo.paths.root} (fliswarm.log, tron/).")
+    except KeyboardInterrupt:
+        failed = True
+        say("Interrupted.")
     if keep and not failed:
         _epilogue(demo, say)
     elif keep:
