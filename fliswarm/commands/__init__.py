@@ -89,6 +89,20 @@ class FliswarmGroup(CluGroup):
             ctx.args = rest[1:]
         return ctx.args
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Invokes the command, then drops the context CLU pushed for it.
+
+        CLU 2.6's ``parse_command`` pushes every command's context on click's global stack
+        and never pops it: each command (and its replies) stayed in memory for good. A
+        context entered with ``with`` (click's own ``main``) is left to its owner.
+        """
+
+        try:
+            return super().invoke(ctx)
+        finally:
+            if ctx._depth == 0 and click.get_current_context(silent=True) is ctx:
+                click.globals.pop_context()
+
 
 @click.group(cls=FliswarmGroup)
 def parser(*args: Any) -> None:
