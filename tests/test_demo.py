@@ -20,7 +20,9 @@ import yaml
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.tron, pytest.mark.timeout(600)]
 
-INSTANCE = int(os.environ.get("FLISWARM_DEMO_TEST_INSTANCE", "6"))
+# Never the instance of the suite's shared bed (``$FLISWARM_TESTBED_ID``).
+_DEFAULT = "7" if os.environ.get("FLISWARM_TESTBED_ID") == "6" else "6"
+INSTANCE = int(os.environ.get("FLISWARM_DEMO_TEST_INSTANCE", _DEFAULT))
 
 
 def fliswarm(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
