@@ -184,6 +184,8 @@ def stop_demo(instance: int, say: Callable[[str], None] = print) -> None:
     bed.down()
     say(f"test bed {instance} down in {time.monotonic() - t0:.1f} s.")
     shutil.rmtree(paths.root, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        STATE_ROOT.rmdir()  # when no other instance is left
     say(f"demo {instance} cleaned up in {time.monotonic() - start:.1f} s.")
 
 
