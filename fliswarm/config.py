@@ -66,8 +66,8 @@ def _read(path: pathlib.Path, file: str) -> dict[str, Any]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = err.problem or err.context or "cannot parse"
         raise ConfigError(f"{where}invalid YAML: {problem}", file) from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"invalid YAML: {err}", file) from None
+    except yaml.YAMLError as err:  # e.g. a control character (ReaderError): one line.
+        raise ConfigError(f"invalid YAML: {' '.join(str(err).split())}", file) from None
 
     if data is None:
         raise ConfigError("the file is empty (expected a mapping of settings)", file)
