@@ -223,3 +223,30 @@ def test_one_value_of_a_valid_file_replaced(tmp_path: Path, data: st.DataObject)
         target = target[part]
     target[path[-1]] = value
     _outcome(tmp_path, doc)
+
+
+def test_no_shell_anywhere_in_fliswarm():
+    """Audit: subprocesses are argv lists; the only shell is the documented compat parameter
+    of `fliswarm.tools.subprocess_run_async`, which fliswarm itself never sets."""
+
+    import ast
+
+    import fliswarm
+
+    root = Path(fliswarm.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            where = f"{path.relative_to(root)} {name}"
+            if name.endswith(("os.system", "os.popen", "create_subprocess_shell")):
+                found.append(where)
+            for keyword in node.keywords:
+                if keyword.arg == "shell" and not (
+                    isinstance(keyword.value, ast.Constant) and keyword.value.value is False
+                ):
+                    found.append(f"{where} shell={ast.unparse(keyword.value)}")
+    assert found == ["tools.py asyncio.create_subprocess_shell"], found
