@@ -36,7 +36,6 @@ except ImportError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
 
-pytest_plugins = ["fliswarm.testbed.fixtures"]
 pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.timeout(400)]
 
 ROOT = Path(__file__).resolve().parents[1]
