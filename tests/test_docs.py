@@ -237,6 +237,8 @@ def _check_command(page: _Page, group: click.Group, name: str, prog: str) -> Non
     first = _squash((command.help or "").split("\n\n")[0])
     assert first and first in squashed, f"{prog} {name}: help"
     for param in command.params:
+        if isinstance(param, click.Option) and param.hidden:
+            continue  # Hidden options (testing aids) are not documented on purpose.
         if isinstance(param, click.Option):
             for opt in param.opts + param.secondary_opts:
                 assert opt in text, f"{prog} {name}: option {opt}"
