@@ -18,3 +18,5 @@ fi
 
 echo "== pip install -e .[dev,docs]"
 python3 -m pip install -q -e '.[dev,docs]'
+# With pyenv, make the new console scripts (fliswarm) visible on PATH.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
