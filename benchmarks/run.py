@@ -4,7 +4,7 @@ Usage (root)::
 
     python3 benchmarks/run.py [--nodes 7] [--repeat 5] [--smoke] [--output docs/performance.md]
 
-It brings up the test bed (instance ``$FLISWARM_TESTBED_ID``, default 7), builds the simulated
+It brings up the test bed (instance ``$FLISWARM_TESTBED_ID``, default 12), builds the simulated
 flicamera image, installs the original into a cached virtual environment, runs every scenario
 against both actors in alternating sessions (the order flips at every repetition), prints the
 table (median, min/max, ratio original/ours, target) and writes it to ``--output``. The bed is
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     instance = args.instance
     if instance is None:
-        instance = int(os.environ.get("FLISWARM_TESTBED_ID", "7") or 7)
+        instance = int(os.environ.get("FLISWARM_TESTBED_ID", "12") or 12)
     names = default_names(args.nodes)
     bed = Testbed(instance, names=names)
     state = bed._load()
