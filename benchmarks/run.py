@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     state = bed._load()
     was_up = state is not None and state["names"] == names
     if state is not None and not was_up:
-        Testbed(instance, names=state["names"]).down()
+        print(
+            f"Test bed {instance} is up with nodes {state['names']} (someone else's?): "
+            "bring it down first or choose another --instance."
+        )
+        return 2
     started = time.monotonic()
     bed.up()
     try:
