@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers_net import free_port
+
 from fliswarm.testbed.tron_client import parse_keywords
 
 
@@ -30,14 +32,6 @@ __all__ = [
 ]
 
 FINISH_CODES = frozenset(":f!")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now."""
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

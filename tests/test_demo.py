@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers_net import port_open
 
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.tron, pytest.mark.timeout(600)]
@@ -52,14 +53,6 @@ def ask(port: int, line: str, done: str, timeout: float = 15) -> list[str]:
             if re.match(done, received):
                 return lines
     raise AssertionError(f"no {done!r} line in {lines}")
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def processes_mentioning(text: str) -> list[str]:

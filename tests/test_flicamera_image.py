@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from astropy.io import fits
+from helpers_net import free_port
 
 from fliswarm.testbed import image as image_module
 from fliswarm.testbed.bed import Testbed
@@ -31,12 +31,6 @@ from fliswarm.testbed.image import (
     start_flicamera_on_host,
     wait_flicamera_ready,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def command(
