@@ -56,6 +56,9 @@ class EngineSpec:
     run_dir: str
     data_dir: str
     runtime_wrapper: str | None
+    #: TLS-only engine: ``daemon.json`` TLS keys (see `fliswarm.testbed.tls.EngineTLS`);
+    #: it then listens on ``tcp://0.0.0.0:2376`` with ``tlsverify`` and no plain TCP.
+    tls: dict[str, Any] | None = None
 
     @property
     def config_path(self) -> str:
@@ -88,6 +91,11 @@ class EngineSpec:
         config: dict[str, Any] = {
             "hosts": ["tcp://0.0.0.0:2375", "unix://" + self.socket_path],
             "tls": False,
+            **(
+                {"hosts": ["tcp://0.0.0.0:2376", "unix://" + self.socket_path], **self.tls}
+                if self.tls
+                else {}
+            ),
             "data-root": os.path.join(self.data_dir, "docker"),
             "exec-root": self.exec_root,
             "pidfile": os.path.join(self.run_dir, "docker.pid"),
@@ -244,12 +252,20 @@ def ping(addr: str, timeout: float = 1.0) -> bool:
     return status == 200 and body.strip() == b"OK"
 
 
+def _ping_unix(path: str) -> bool:
+    try:
+        status, body = http_request(None, "/_ping", timeout=0.5, unix_socket=path)
+    except OSError:
+        return False
+    return status == 200 and body.strip() == b"OK"
+
+
 def wait_ready(spec: EngineSpec, pid: int, timeout: float = 30.0) -> None:
     """Polls the engine over TCP until it answers; raises `RuntimeError` on timeout or death."""
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if ping(spec.addr, timeout=0.5):
+        if _ping_unix(spec.socket_path) if spec.tls else ping(spec.addr, timeout=0.5):
             return
         if not process_alive(pid, spec.config_path):
             raise RuntimeError(f"dockerd of {spec.name} died; see {spec.log_path}:\n{_tail(spec)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 import threading
 from collections.abc import Callable
@@ -151,14 +152,23 @@ class FaultsMixin:
             engine.terminate_engine(self.engine_spec(name), info.get("pid"), timeout=timeout)
             self._update_node(name, engine=False, pid=None)
 
-    def start_engine(self, name: str, timeout: float = 60.0) -> None:
-        """Starts the node's dockerd again and waits until it answers."""
+    def start_engine(
+        self, name: str, timeout: float = 60.0, tls: dict[str, Any] | None = None
+    ) -> None:
+        """Starts the node's dockerd again and waits until it answers.
+
+        With ``tls`` (``daemon.json`` TLS keys, see `.tls.EngineTLS.daemon_options`) the
+        engine listens only on ``tcp://0.0.0.0:2376`` with ``tlsverify`` (no plain TCP)
+        until it is stopped and started again without.
+        """
 
         with self._locked():
             info = self._node_info(name)
             if not info["powered"]:
                 raise RuntimeError(f"node {name} is powered off.")
             spec = self.engine_spec(name)
+            if tls:
+                spec = dataclasses.replace(spec, tls=tls)
             if procs.process_alive(info.get("pid"), spec.config_path):
                 return
             pid = engine.start_engine(spec)
