@@ -41,6 +41,8 @@ ACTOR_KEYS = ("name", "host", "port", "tron_host", "tron_port", "log_dir")
 NODE_KEYS = ("host", "port", "docker-client", "category", "user", "docker-uid", "docker-gid")
 TLS_KEYS = ("ca", "cert", "key")
 DOCKER_PORT = 2375
+#: The engine's port when docker-tls is set (Docker's usual TLS port).
+DOCKER_TLS_PORT = 2376
 
 
 def default_config_path() -> pathlib.Path:
@@ -227,10 +229,11 @@ def _resolve(
     resolved_nodes: dict[str, Any] = {}
     for name, node in nodes.items():
         out = {key: node.get(key) for key in NODE_KEYS}
-        out["docker-client"] = node.get("docker-client", f"tcp://{node['host']}:{DOCKER_PORT}")
+        out["docker-tls"] = _tls(node.get("docker-tls")) or global_tls
+        port = DOCKER_TLS_PORT if out["docker-tls"] else DOCKER_PORT
+        out["docker-client"] = node.get("docker-client", f"tcp://{node['host']}:{port}")
         out["user"] = node.get("user", ssh["user"])
         out["power"] = {"device": node["power"]["device"]} if "power" in node else None
-        out["docker-tls"] = _tls(node.get("docker-tls")) or global_tls
         if node.get("environment"):
             out["environment"] = dict(node["environment"])
         resolved_nodes[name] = out

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiodocker
@@ -29,8 +29,10 @@ from .exceptions import (
     DockerAPIError,
     NodeError,
     NodeTimeoutError,
+    NodeTLSError,
     NodeUnreachableError,
 )
+from .tls import make_ssl_context, tls_reason
 
 
 __all__ = ["Engine", "make_ssl_context"]
@@ -39,15 +41,6 @@ T = TypeVar("T")
 
 #: aiodocker's status code for "cannot connect to the engine".
 _NO_CONNECTION = 900
-
-
-def make_ssl_context(tls: dict[str, str]) -> ssl.SSLContext:
-    """Creates a client SSL context from ``{ca, cert, key}`` file paths."""
-
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.get("ca"))
-    if tls.get("cert"):
-        context.load_cert_chain(tls["cert"], tls.get("key"))
-    return context
 
 
 class Engine:
@@ -65,6 +58,10 @@ class Engine:
         Seconds for a request once connected.
     ssl_context
         For a TLS engine (the ``tcp://`` URL is then used as ``https://``).
+    tls
+        ``{ca, cert, key}`` file paths: the SSL context is made from them on first use (a
+        file problem then fails the call with `.NodeTLSError`, and the next call tries
+        again). With TLS, the engine is never tried over plain TCP.
     """
 
     def __init__(
@@ -74,16 +71,22 @@ class Engine:
         connect_timeout: float = 2.0,
         request_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        tls: Mapping[str, str] | None = None,
     ) -> None:
         self.node = node
         self.url = url
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.ssl_context = ssl_context
+        self.tls = dict(tls) if tls else None
+        #: Why the last call failed (`None` after a success), for status and messages.
+        self.last_failure: NodeError | None = None
         self._docker: aiodocker.Docker | None = None
 
     def _client(self) -> aiodocker.Docker:
         if self._docker is None:
+            if self.ssl_context is None and self.tls:
+                self.ssl_context = make_ssl_context(self.tls, self.node)
             url = self.url
             if self.ssl_context is not None and url.startswith("tcp://"):
                 url = "https://" + url[len("tcp://") :]
@@ -127,12 +130,19 @@ class Engine:
                     self.connect_timeout,
                 )
             return NodeTimeoutError(self.node, f"Docker engine at {self.url}: {what}", timeout)
+        reason = tls_reason(err, self.url)
+        if reason is not None:
+            end = "" if reason.endswith("?") else "."
+            return NodeTLSError(self.node, f"Docker engine at {self.url} ({what}): {reason}{end}")
         if isinstance(err, aiodocker.DockerError):
             if err.status == _NO_CONNECTION:
                 return NodeUnreachableError(
                     self.node, f"cannot connect to the Docker engine at {self.url} ({what})"
                 )
-            return DockerAPIError(self.node, err.status, str(err.message))
+            message = str(err.message).strip()
+            if err.status == 400 and "HTTPS server" in message:
+                message += " (this engine requires TLS: configure docker-tls for the node)"
+            return DockerAPIError(self.node, err.status, message)
         if isinstance(err, (aiohttp.ClientError, OSError)):
             return NodeUnreachableError(
                 self.node, f"connection to the Docker engine at {self.url} failed ({what}): {err}"
@@ -159,12 +169,24 @@ class Engine:
 
         limit = timeout if timeout is not None else self.connect_timeout + self.request_timeout
         try:
-            return await asyncio.wait_for(fn(self._client()), limit)
+            result = await asyncio.wait_for(fn(self._client()), limit)
+        except NodeError as err:  # e.g. the TLS files (make_ssl_context).
+            self.last_failure = err
+            raise
         except (asyncio.TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError) as err:
             error = self._translate(err, what, limit)
+            self.last_failure = error
             if isinstance(error, (NodeUnreachableError, NodeTimeoutError)):
                 await self.close()
             raise error from err
+        self.last_failure = None
+        return result
+
+    @property
+    def last_error(self) -> str | None:
+        """The message of `last_failure`."""
+
+        return self.last_failure.message if self.last_failure is not None else None
 
     async def get_or_none(self, what: str, path: str) -> dict[str, Any] | None:
         """``GET path`` returning the JSON answer, or `None` for a 404."""

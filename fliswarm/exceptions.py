@@ -15,6 +15,7 @@ __all__ = [
     "NodeNotConnectedError",
     "NodeUnreachableError",
     "NodeTimeoutError",
+    "NodeTLSError",
     "DockerAPIError",
     "ImagePullError",
     "ContainerConflictError",
@@ -53,6 +54,12 @@ class NodeNotConnectedError(NodeError, ConnectionError):
 
 class NodeUnreachableError(NodeError, ConnectionError):
     """The node or its Docker engine refused or dropped the connection."""
+
+
+class NodeTLSError(NodeUnreachableError):
+    """TLS to the node's Docker engine failed: a missing or unreadable certificate or key
+    file, or a handshake refused by either side (wrong CA, expired or mismatched
+    certificate). Never followed by a plain-TCP attempt."""
 
 
 class NodeTimeoutError(NodeError, TimeoutError):

@@ -21,9 +21,10 @@ from .containers import (
     normalize_ports,
     short_id,
 )
-from .engine import Engine, make_ssl_context
+from .engine import Engine
 from .exceptions import (
     FliswarmError,
+    NodeTLSError,
     NodeUnreachableError,
     VolumeNotFoundError,
 )
@@ -37,6 +38,7 @@ from .tools import FakeCommand
 __all__ = ["Node", "DEFAULT_DOCKER_PORT"]
 
 DEFAULT_DOCKER_PORT = 2375
+DEFAULT_DOCKER_TLS_PORT = 2376
 
 CommandType: TypeAlias = "Command | FakeCommand"
 
@@ -53,7 +55,8 @@ class Node:
     category
         A category, to select nodes (`.select_nodes`).
     daemon_addr
-        The Docker engine address; defaults to ``tcp://<addr>:2375``.
+        The Docker engine address; defaults to ``tcp://<addr>:2375``, or
+        ``tcp://<addr>:2376`` with ``tls``.
     registry
         The registry images are pulled from when `run_container` is not given one.
     connect_timeout
@@ -93,7 +96,8 @@ class Node:
         self.name = name
         self.addr = addr
         self.category = category
-        self.daemon_addr = daemon_addr or f"tcp://{addr}:{DEFAULT_DOCKER_PORT}"
+        port = DEFAULT_DOCKER_TLS_PORT if tls else DEFAULT_DOCKER_PORT
+        self.daemon_addr = daemon_addr or f"tcp://{addr}:{port}"
         self.registry = registry
         self.enabled = True
 
@@ -110,7 +114,7 @@ class Node:
             self.daemon_addr,
             connect_timeout=connect_timeout,
             request_timeout=request_timeout,
-            ssl_context=make_ssl_context(self.tls) if self.tls else None,
+            tls=self.tls,  # Read on first use: a bad file is reported per call, clearly.
         )
 
     def __repr__(self) -> str:
@@ -141,8 +145,12 @@ class Node:
         alive, docker = await asyncio.gather(self.ping(), self.client_alive())
         if not docker:
             why = "" if alive else " (and the node does not answer ping)"
+            failure = self.engine.last_failure
+            if isinstance(failure, NodeTLSError):
+                raise failure
+            detail = f": {failure.message}" if failure is not None else "."
             raise NodeUnreachableError(
-                self.name, f"Docker engine at {self.daemon_addr} is not answering{why}."
+                self.name, f"Docker engine at {self.daemon_addr} is not answering{why}{detail}"
             )
 
     async def client_alive(self) -> bool:

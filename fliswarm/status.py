@@ -81,6 +81,9 @@ async def report_status(
         command.warning(text=f"Node {node.addr} is not pinging back.")
     if not docker_alive:
         command.warning(text=f"Docker client on node {node.addr} is not connected.")
+        error = getattr(getattr(node, "engine", None), "last_error", None)
+        if error:  # Why, in plain words (e.g. a TLS problem).
+            command.warning(text=f"{node.name}: {error}")
     command.info(node=[node.name, node.addr, node.daemon_addr, node_alive, docker_alive])
     if not docker_alive:
         return result

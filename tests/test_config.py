@@ -160,7 +160,7 @@ def test_flat_layout_every_key() -> None:
     assert nodes["gfa1"] == {
         "host": "10.250.77.11",
         "port": 19995,
-        "docker-client": "tcp://10.250.77.11:2375",
+        "docker-client": "tcp://10.250.77.11:2376",  # docker-tls: Docker's TLS port.
         "category": "gfa",
         "user": "sdss",
         "docker-uid": 2005,

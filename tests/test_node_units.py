@@ -303,8 +303,11 @@ async def test_tls_engine_uses_https_and_closes():
     assert str(engine._client().docker_host).startswith("https://127.0.0.1:2376")
     await engine.close()
     assert engine._docker is None
-    with pytest.raises(FileNotFoundError):
-        Node("gfa1", "127.0.0.1", tls={"ca": "/nonexistent/ca.pem"})
+    # TLS files are read on first use: a missing one fails the call, naming node and file.
+    node = Node("gfa1", "127.0.0.1", tls={"ca": "/nonexistent/ca.pem", "cert": "/c.pem"})
+    assert node.daemon_addr == "tcp://127.0.0.1:2376"
+    with pytest.raises(ConnectionError, match="gfa1: TLS: cannot read the CA certificate"):
+        await node.engine.info()
     plain = Engine("gfa1", "tcp://127.0.0.1:2375")
     assert str(plain._client().docker_host).startswith("tcp://")
     await plain.close()

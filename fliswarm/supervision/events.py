@@ -144,7 +144,7 @@ class EventWatcher:
         if url.startswith("unix://"):
             connector = aiohttp.UnixConnector(url[len("unix://") :], force_close=True)
         else:
-            ssl_context = make_ssl_context(self.tls) if self.tls else None
+            ssl_context = make_ssl_context(self.tls, self.node) if self.tls else None
             if ssl_context is not None and url.startswith("tcp://"):
                 url = "https://" + url[len("tcp://") :]
             connector = aiohttp.TCPConnector(
@@ -174,7 +174,11 @@ class EventWatcher:
     async def _subscribe_once(self) -> str:
         """One subscription: returns why it ended (never raises but for cancellation)."""
 
-        docker = self._client()
+        try:
+            docker = self._client()
+        except (OSError, ValueError) as err:  # e.g. a missing TLS file (NodeTLSError).
+            self.failures += 1
+            return f"event stream of {self.url}: {err}"
         stream_timeout = aiohttp.ClientTimeout(
             total=None,
             connect=self.connect_timeout,
