@@ -13,13 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers_net import free_port
 
-from fliswarm.testbed.tron_client import parse_keywords
+from fliswarm.testbed.tron_client import TronClient, TronTimeoutError, parse_keywords
 
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "ActorClient",
     "FlicameraProcesses",
     "free_port",
+    "running_flicameras",
+    "tron_ready",
     "write_config",
 ]
 
@@ -240,6 +242,40 @@ class FlicameraProcesses:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def running_flicameras(
+    data_dir: str | os.PathLike[str], names: Sequence[str]
+) -> Iterator[FlicameraProcesses]:
+    """Starts flicamera actors, yields them and stops them: a fixture body (``yield from``)."""
+
+    procs = FlicameraProcesses(data_dir)
+    try:
+        yield procs.start(names)
+    finally:
+        procs.stop()
+
+
+async def tron_ready(client: TronClient, actor: str, timeout: float) -> None:
+    """Waits until ``actor`` answers a ping through tron (tron has connected to it).
+
+    A command sent while tron connects to the actor can be lost (tron mislabels it until it has
+    read a first line from the actor): those time out and are retried.
+    """
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            reply = await client.send("ping", actor=actor, timeout=2)
+        except TronTimeoutError as err:
+            last = str(err)
+            continue
+        if reply.ok:
+            return
+        last = str(reply)
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{actor} not reachable through tron:\n{last}")
 
 
 def write_config(

@@ -21,13 +21,12 @@ import pytest
 import yaml
 from clu.legacy import LegacyActor
 from clu.parsers.click import CluGroup, ping
-from helpers_actor import ActorClient, ActorReply, free_port
+from helpers_actor import ActorClient, ActorReply, free_port, tron_ready
 
 from fliswarm.actor import FLISwarmActor
 from fliswarm.containers import short_id
 from fliswarm.testbed import Testbed
 from fliswarm.testbed.image import ensure_flicamera_image
-from fliswarm.testbed.tron import TronClient, TronTimeoutError
 
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed]
@@ -294,24 +293,6 @@ async def switch(command: Any, bed: Testbed, log: list[tuple[str, str, bool]], d
 
 class PowerActor(LegacyActor):
     parser = power_parser
-
-
-async def tron_ready(client: TronClient, actor: str, timeout: float) -> None:
-    """Waits until ``actor`` answers a ping through tron."""
-
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            reply = await client.send("ping", actor=actor, timeout=2)
-        except TronTimeoutError as err:
-            last = str(err)
-            continue
-        if reply.ok:
-            return
-        last = str(reply)
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"{actor} not reachable through tron:\n{last}")
 
 
 @pytest.mark.tron

@@ -7,20 +7,22 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_actor import ActorClient, FlicameraProcesses, free_port, write_config
+from helpers_actor import (
+    ActorClient,
+    FlicameraProcesses,
+    free_port,
+    running_flicameras,
+    tron_ready,
+    write_config,
+)
 
 from fliswarm.actor import FLISwarmActor
 from fliswarm.commands.talk import expected_duration
-from fliswarm.testbed.tron import TronClient, TronTimeoutError
 
 
 @pytest.fixture(scope="module")
 def flicameras(tmp_path_factory: pytest.TempPathFactory):
-    procs = FlicameraProcesses(tmp_path_factory.mktemp("flicamera-data"))
-    try:
-        yield procs.start(["gfa1", "gfa2"])
-    finally:
-        procs.stop()
+    yield from running_flicameras(tmp_path_factory.mktemp("flicamera-data"), ["gfa1", "gfa2"])
 
 
 async def make_actor(tmp_path: Path, ports: dict[str, int], enabled: list[str], **extra):
@@ -217,28 +219,6 @@ async def test_keywords_are_validated_but_relayed_ones_are_not(actor, client: Ac
     assert line.values("status") == ["gfa1", "x"]
 
 
-async def tron_ping_ok(client: TronClient, timeout: float) -> None:
-    """Waits until fliswarm answers a ping through tron (tron has connected to it).
-
-    A command sent while tron connects to the actor can be lost (tron mislabels it until it has
-    read a first line from the actor): those time out and are retried.
-    """
-
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            reply = await client.send("ping", actor="fliswarm", timeout=2)
-        except TronTimeoutError as err:
-            last = str(err)
-            continue
-        if reply.ok:
-            return
-        last = str(reply)
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"fliswarm not reachable through tron:\n{last}")
-
-
 @pytest.mark.tron
 async def test_talk_through_tron_and_tron_restart(
     flicameras, tmp_path: Path, tron_hub_factory, tron_client_factory
@@ -259,7 +239,7 @@ async def test_talk_through_tron_and_tron_restart(
         for name in ("gfa1", "gfa2"):
             await actor.connect_device(name)
         client = await tron_client_factory(hub)
-        await tron_ping_ok(client, 15)  # fliswarm registered itself (hub startNubs).
+        await tron_ready(client, "fliswarm", 15)  # fliswarm registered itself (hub startNubs).
 
         reply = await client.send("talk -c gfa expose 0.1", actor="fliswarm", timeout=30)
         assert reply.ok, str(reply)
@@ -271,7 +251,7 @@ async def test_talk_through_tron_and_tron_restart(
         await hub.restart()
         client = await tron_client_factory(hub)
         t0 = time.monotonic()
-        await tron_ping_ok(client, 20)  # Registered again, by itself.
+        await tron_ready(client, "fliswarm", 20)  # Registered again, by itself.
         print(f"re-registered {time.monotonic() - t0:.1f} s after tron restarted")
         reply = await client.send("talk -n gfa1 status", actor="fliswarm", timeout=15)
         assert reply.ok and reply.values("status")[0] == "gfa1"
@@ -301,6 +281,6 @@ async def test_tron_absent_at_start(tmp_path: Path, tron_hub_factory, tron_clien
 
         hub = await tron_hub_factory({"fliswarm": ("127.0.0.1", actor_port)}, port=tron_port)
         client = await tron_client_factory(hub)
-        await tron_ping_ok(client, 20)
+        await tron_ready(client, "fliswarm", 20)
     finally:
         await actor.stop()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_actor import ActorClient, FlicameraProcesses, free_port
+from helpers_actor import ActorClient, FlicameraProcesses, free_port, running_flicameras
 
 from fliswarm.device import FlicameraDevice
 
@@ -34,11 +34,7 @@ def is_file(path: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def flicameras(tmp_path_factory: pytest.TempPathFactory):
-    procs = FlicameraProcesses(tmp_path_factory.mktemp("flicamera-data"))
-    try:
-        yield procs.start(["gfa1", "gfa2"])
-    finally:
-        procs.stop()
+    yield from running_flicameras(tmp_path_factory.mktemp("flicamera-data"), ["gfa1", "gfa2"])
 
 
 async def connected_device(flicameras: FlicameraProcesses, name: str, actor=None):
