@@ -262,5 +262,9 @@ async def test_configuration_to_node(tls_bed, tmp_path: Path):
             NodeTLSError, match=f"gfa2: TLS: cannot read the client key {tmp_path}"
         ):
             await actor.nodes["gfa2"].connect()
+        command = Recorder()  # status says why.
+        await actor.nodes["gfa2"].report_status(command, volume_names=[])
+        texts = [kw["text"] for _, kw in command.messages if "text" in kw]
+        assert any(text.startswith("gfa2: TLS: cannot read the client key") for text in texts)
     finally:
         await actor._close_connections()
