@@ -192,6 +192,10 @@ def test_help_of_a_command_with_arguments(
     lines = fuzzer.command("talk -n gfa1 status --help")
     assert lines[-1].code == ":"
     assert any("fliswarm talk" in " ".join(line.values("help")) for line in lines)
+    lines = fuzzer.command("help")
+    assert lines[-1].code == ":" and len(lines) > 10
+    lines = fuzzer.command("get-command-model talk")
+    assert lines[-1].code == ":" and lines[-1].values("command_model")
     lines = fuzzer.command("help nosuch talk")
     assert lines[-1].code == "f" and "nosuch" in lines[-1].values("error")[0]
 

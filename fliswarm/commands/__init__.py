@@ -37,7 +37,6 @@ from clu.legacy.actor import tron_reconnect
 from clu.parsers.click import (
     CluCommand,
     CluGroup,
-    get_command_model,
     get_schema,
     help_,
     keyword,
@@ -127,29 +126,59 @@ def _command_path(group: click.Command, words: list[str]) -> list[str]:
     return kept or words[:1]
 
 
+def _group_context(command: Any) -> click.Context:
+    """The parser's (root) context of a running command, which CLU's ``pass_context``
+    built-ins expect: `FliswarmGroup.invoke` pops it from click's stack before their
+    coroutine runs, so they get it explicitly here."""
+
+    return command.context.find_root()
+
+
+def _clu_callback(builtin: click.Command) -> Any:
+    callback = getattr(builtin.callback, "__wrapped__", None)  # Under click.pass_context.
+    assert callback is not None
+    return callback
+
+
 @click.command(name="help", cls=CluCommand)
 @click.argument("PARSER-COMMAND", type=str, required=False)
-@click.pass_context
-def help_command(ctx: click.Context, *args: Any, parser_command: str | None) -> Any:
+def help_command(*args: Any, parser_command: str | None) -> Any:
     """Shows the help."""
 
+    ctx = _group_context(args[0])
     # CLU's help walks every word as a sub-command: "talk -n gfa1 status --help" (sent to
     # help as "talk -n gfa1 status") raised AttributeError. Keep only the command path.
     words = (parser_command or "").strip('"').split()
     path = " ".join(_command_path(ctx.command, words))
-    assert help_.callback is not None
-    return help_.callback(*args, parser_command=f'"{path}"')
+    return _clu_callback(help_)(ctx, *args, parser_command=f'"{path}"')
 
 
-# CLU's LegacyActor adds tron_reconnect to its parser when tron is configured; having it
-# from the start keeps the command set (and its reference documentation) the same either way.
+@click.command(name="get-command-model", cls=CluCommand, internal=True)
+@click.argument("COMMAND-NAME", type=str, required=False)
+def command_model(command: Any, *args: Any, command_name: str | None = None) -> Any:
+    """Returns a dictionary representation of the command using ``unclick``."""
+
+    from unclick.core import command_to_json
+
+    # As CLU's get-command-model, with the parser's context passed explicitly, and without
+    # validation: command_model is not one of fliswarm's keywords, and a final reply that
+    # fails validation is replaced by an "e" line, leaving the command running for ever.
+    click_command: click.Command | None = _group_context(command).command
+    if command_name is not None:
+        click_command = getattr(click_command, "commands", {}).get(command_name)
+        if click_command is None:
+            return command.fail(error=f"Cannot find command {command_name}.")
+    model = command_to_json(click_command)
+    return command.finish(command_model=model, write_to_log=False, validate=False)
+
+
 for _builtin in (
     ping,
     version,
     help_command,
     get_schema,
     keyword,
-    get_command_model,
+    command_model,
     tron_reconnect,
 ):
     parser.add_command(_builtin)
