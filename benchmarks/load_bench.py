@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import socket
 import statistics
@@ -273,6 +274,9 @@ async def run_load(
         finally:
             if actor is not None:
                 await actor.stop()
+                for handler in list(actor.log.handlers):
+                    if isinstance(handler, logging.FileHandler):
+                        handler.close()
             for proc in procs:
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import logging
 import socket
 import threading
 import time
@@ -21,7 +22,7 @@ from helpers_actor import FINISH_CODES, ActorLine, parse_line
 from fliswarm.actor import FLISwarmActor
 
 
-__all__ = ["LoopThread", "ActorThread", "LineClient", "VALID_CODES"]
+__all__ = ["LoopThread", "ActorThread", "LineClient", "VALID_CODES", "close_log_files"]
 
 T = TypeVar("T")
 
@@ -101,6 +102,15 @@ class ActorThread(LoopThread):
             self.call(self.actor.stop(), 30)
         finally:
             self.close()
+            close_log_files(self.actor)
+
+
+def close_log_files(actor: Any) -> None:
+    """Closes the actor's log files (else a ResourceWarning fires in some later test)."""
+
+    for handler in list(getattr(actor.log, "handlers", [])):
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
 
 
 class LineClient:
