@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import copy
 import inspect
+import logging
 import os
 import pathlib
 import re
@@ -343,6 +344,11 @@ class FLISwarmActor(LegacyActor):
             with contextlib.suppress(Exception):
                 transport.close()
         await self._close_connections()
+        # The actor's own log file (``log_dir``): a stopped actor keeps no file open.
+        for handler in list(getattr(self.log, "handlers", [])):
+            if isinstance(handler, logging.FileHandler):
+                with contextlib.suppress(Exception):
+                    handler.close()
 
     async def _close_connections(self) -> None:
         async def close_node(node: Any) -> None:
