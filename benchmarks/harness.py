@@ -588,4 +588,5 @@ def machine_info() -> dict[str, str]:
         "clu": md.version("sdss-clu"),
         "aiodocker": md.version("aiodocker"),
         "dockerd": _version(["dockerd", "--version"]),
+        "load average at the end (1, 5, 15 min)": " ".join(f"{v:.1f}" for v in os.getloadavg()),
     }
