@@ -76,6 +76,12 @@ CAVEATS = """\
   cold pulls the 111 MiB image is pulled by every node from one registry at the same time. The
   original waits a fixed 5 s after starting the containers; fliswarm connects as soon as each
   flicamera accepts the connection.
+- CPU per relayed line: both actors relay through CLU's `LegacyActor` (command parsing with
+  click, reply formatting, and logging of every reply to the actor's log), which is most of
+  the cost per line in both; fliswarm's own part (decoding the JSON line, prefixing the node
+  name, tracking the sub-command) is small. The memory figure of the original grows because
+  CLU 2.6 keeps every command's click context (and so the command and its replies) on
+  click's global context stack; fliswarm pops it (`fliswarm.commands.FliswarmGroup`).
 - The original's `status` lists containers by "ancestor" image without the tag and so reports
   no container for the `:sim` image of the bed; it does the same Docker calls either way.
 """
