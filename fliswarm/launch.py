@@ -50,8 +50,9 @@ async def create_and_start(
     The USB bus is passed through only when the node has it. The node's filesystem
     cannot be checked from the manager, so the container is first created with a bind
     mount of ``usb``: the engine validates bind sources when it creates a container and
-    refuses a missing one (``400 ... bind source path does not exist``); the container
-    is then created without the USB bus. A container that does not start is removed.
+    refuses a missing one (``400 ... bind source path does not exist``), and one without
+    device nodes (``500 ... not a device node``); the container is then created without
+    the USB bus. A container that does not start is removed.
 
     Raises
     ------
@@ -68,8 +69,9 @@ async def create_and_start(
             cid = await engine.create_container(name, container_body(node, config, bus))
             break
         except DockerAPIError as err:
-            if bus and err.status == 400 and bus in err.message:
-                command.debug(text=f"{node}: no {bus} on the node; not passing it through.")
+            # 400: no such bind source; 500: the path exists but holds no device node.
+            if bus and err.status in (400, 500) and bus in err.message:
+                command.debug(text=f"{node}: no usable {bus} on the node; not passing it through.")
                 continue
             if err.status == 409:
                 raise ContainerConflictError(node, err.message) from err
