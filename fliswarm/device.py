@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from fliswarm.reply import write_reply
 from fliswarm.subcommand import SubCommand
 from fliswarm.supervision.events import set_keepalive
 from fliswarm.tools import IDPool
@@ -363,13 +364,13 @@ class FlicameraDevice:
     def _relay(self, code: str, data: dict[str, Any], sub: SubCommand | None) -> None:
         name = self.name
         parent = sub.parent if sub is not None else None
-        writer = parent.write if parent is not None else getattr(self.actor, "write", None)
+        target = parent if parent is not None else self.actor
 
         if "help" in data:
             lines = data.pop("help")
-            if writer is not None:
+            if target is not None:
                 for help_line in lines if isinstance(lines, list) else [lines]:
-                    writer(code, {"help": _sanitise(str(help_line))}, validate=False)
+                    write_reply(target, code, {"help": _sanitise(str(help_line))})
 
         message: dict[str, Any] = {}
         for key, value in data.items():
@@ -382,8 +383,8 @@ class FlicameraDevice:
                 if filename:
                     sub.filenames.append(filename)
 
-        if message and writer is not None:
+        if message and target is not None:
             try:
-                writer(code, message, validate=False)
+                write_reply(target, code, message)
             except (TypeError, ValueError) as err:  # e.g. a value nested too deep to format.
                 log.warning("%s: cannot relay %r: %s", name, message, err)
