@@ -31,6 +31,7 @@ from .exceptions import (
 from .launch import check_managed, create_and_start, remove
 from .ping import ping as _ping
 from .pull import ensure_image
+from .status import EngineShare
 from .status import report_status as _report_status
 from .tools import FakeCommand
 
@@ -373,8 +374,6 @@ class Node:
 
     # Status
 
-    # Status
-
     async def report_status(
         self,
         command: CommandType,
@@ -383,6 +382,7 @@ class Node:
         *,
         container_name: str | None = None,
         volume_names: Sequence[str] | None = None,
+        share: EngineShare | None = None,
     ) -> dict[str, Any]:
         """Reports the node, its fliswarm container and its volumes to a command.
 
@@ -409,6 +409,10 @@ class Node:
         volume_names
             The expected volumes; otherwise those of ``command.actor.config["volumes"]``.
             ``command.actor.config["ping_timeout"]`` is used too, if present.
+        share
+            Engine calls shared with the other nodes reported by the same status
+            (`fliswarm.status.EngineShare`): logical nodes on one Docker engine then cost
+            one probe, one container list and one volume list in all.
 
         Returns
         -------
@@ -418,7 +422,7 @@ class Node:
         """
 
         return await _report_status(
-            self, command, volumes, containers, container_name, volume_names
+            self, command, volumes, containers, container_name, volume_names, share
         )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .containers import LABEL_MANAGED, LABEL_NODE, short_id
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .node import Node
 
 
-__all__ = ["report_status", "actor_config", "probe", "PING_GRACE"]
+__all__ = ["report_status", "actor_config", "probe", "PING_GRACE", "EngineShare"]
 
 
 def actor_config(command: Any) -> Mapping[str, Any]:
@@ -55,6 +55,80 @@ async def probe(node: Node, ping_timeout: float) -> tuple[bool, bool]:
     return alive, docker_alive
 
 
+class EngineShare:
+    """The engine calls of one status, shared by the logical nodes on each Docker engine.
+
+    Several logical nodes may run on one engine (one container and port each). Within one
+    status, each engine (keyed by ``daemon_addr``) is probed once, and its running fliswarm
+    containers and its volumes are listed once, whatever the number of nodes on it. Make a
+    new `EngineShare` for each status: nothing is kept between reports.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[tuple[str, str], asyncio.Future[Any]] = {}
+
+    def _once(self, key: tuple[str, str], factory: Callable[[], Awaitable[Any]]) -> Any:
+        task = self._tasks.get(key)
+        if task is None:
+            task = self._tasks[key] = asyncio.ensure_future(factory())
+        return asyncio.shield(task)
+
+    async def probe(self, node: Node, ping_timeout: float) -> tuple[bool, bool, str | None]:
+        """`probe` of the node's engine, and why the engine did not answer (or `None`)."""
+
+        async def run() -> tuple[bool, bool, str | None]:
+            node_alive, docker_alive = await probe(node, ping_timeout)
+            error = None if docker_alive else getattr(node.engine, "last_error", None)
+            return node_alive, docker_alive, error
+
+        return await self._once(("probe", node.daemon_addr), run)
+
+    async def running(self, node: Node) -> list[dict[str, Any]]:
+        """The running fliswarm containers of the node (one engine list for all its nodes)."""
+
+        filters = {"label": [f"{LABEL_MANAGED}=true"], "status": ["running"]}
+        found = await self._once(
+            ("containers", node.daemon_addr),
+            lambda: node.engine.list_containers(filters, all=False),
+        )
+        return [c for c in found or [] if (c.get("Labels") or {}).get(LABEL_NODE) == node.name]
+
+    async def volumes(self, node: Node) -> list[dict[str, Any]]:
+        """The volumes of the node's engine."""
+
+        return await self._once(("volumes", node.daemon_addr), node.engine.list_volumes)
+
+    def close(self) -> None:
+        """Cancels the calls nobody waits for any more."""
+
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+
+
+async def _probe(
+    node: Node, ping_timeout: float, share: EngineShare | None
+) -> tuple[bool, bool, str | None]:
+    if share is not None:
+        return await share.probe(node, ping_timeout)
+    node_alive, docker_alive = await probe(node, ping_timeout)
+    return node_alive, docker_alive, getattr(getattr(node, "engine", None), "last_error", None)
+
+
+async def _running(node: Node, share: EngineShare | None) -> list[dict[str, Any]]:
+    if share is not None:
+        return await share.running(node)
+    filters = {
+        "label": [f"{LABEL_MANAGED}=true", f"{LABEL_NODE}={node.name}"],
+        "status": ["running"],
+    }
+    return await node.engine.list_containers(filters, all=False)
+
+
+async def _volumes(node: Node, share: EngineShare | None) -> list[dict[str, Any]]:
+    return await (share.volumes(node) if share is not None else node.engine.list_volumes())
+
+
 async def report_status(
     node: Node,
     command: Any,
@@ -62,6 +136,7 @@ async def report_status(
     containers: bool = True,
     container_name: str | None = None,
     volume_names: Sequence[str] | None = None,
+    share: EngineShare | None = None,
 ) -> dict[str, Any]:
     """Reports a node to a command (see `.Node.report_status`)."""
 
@@ -70,7 +145,7 @@ async def report_status(
         volume_names = list(config.get("volumes") or [])
     ping_timeout = float(config.get("ping_timeout") or node.ping_timeout)
 
-    node_alive, docker_alive = await probe(node, ping_timeout)
+    node_alive, docker_alive, error = await _probe(node, ping_timeout, share)
     result: dict[str, Any] = {
         "node_alive": node_alive,
         "docker_alive": docker_alive,
@@ -81,21 +156,16 @@ async def report_status(
         command.warning(text=f"Node {node.addr} is not pinging back.")
     if not docker_alive:
         command.warning(text=f"Docker client on node {node.addr} is not connected.")
-        error = getattr(getattr(node, "engine", None), "last_error", None)
         if error:  # Why, in plain words (e.g. a TLS problem).
             command.warning(text=f"{node.name}: {error}")
     command.info(node=[node.name, node.addr, node.daemon_addr, node_alive, docker_alive])
     if not docker_alive:
         return result
 
-    filters = {
-        "label": [f"{LABEL_MANAGED}=true", f"{LABEL_NODE}={node.name}"],
-        "status": ["running"],
-    }
     try:
         running, present = await asyncio.gather(
-            node.engine.list_containers(filters, all=False) if containers else _none(),
-            node.engine.list_volumes() if volumes else _none(),
+            _running(node, share) if containers else _none(),
+            _volumes(node, share) if volumes else _none(),
         )
     except NodeError as err:
         command.warning(text=f"{node.name}: cannot get the status: {err.message}")

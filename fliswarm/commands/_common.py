@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from fliswarm.status import EngineShare
 from fliswarm.supervision.desired import container_spec, container_user
 from fliswarm.tools import select_nodes, split_names
 
@@ -69,11 +70,14 @@ def status_limit(actor: FLISwarmActor) -> float:
     return max(ping, connect) + request + 1.0
 
 
-async def report_node(command: FLISwarmCommand, node: Node) -> dict[str, Any] | None:
+async def report_node(
+    command: FLISwarmCommand, node: Node, share: EngineShare | None = None
+) -> dict[str, Any] | None:
     """Reports one node (`.Node.report_status`) and its flicamera connection.
 
     Never raises and never takes longer than `status_limit`; returns the report, or `None`
-    if the node could not be reported.
+    if the node could not be reported. ``share`` shares the engine calls with the other
+    nodes of the same report (`fliswarm.status.EngineShare`).
     """
 
     actor = command.actor
@@ -81,7 +85,9 @@ async def report_node(command: FLISwarmCommand, node: Node) -> dict[str, Any] | 
     result: dict[str, Any] | None = None
     try:
         result = await asyncio.wait_for(
-            node.report_status(command, container_name=actor.get_container_name(node)),
+            node.report_status(
+                command, container_name=actor.get_container_name(node), share=share
+            ),
             status_limit(actor),
         )
     except asyncio.TimeoutError:
@@ -96,4 +102,8 @@ async def report_node(command: FLISwarmCommand, node: Node) -> dict[str, Any] | 
 async def report_nodes(command: FLISwarmCommand, nodes: Iterable[Node]) -> list[Any]:
     """Reports several nodes concurrently (a dead node does not delay the others)."""
 
-    return list(await asyncio.gather(*[report_node(command, node) for node in nodes]))
+    share = EngineShare()
+    try:
+        return list(await asyncio.gather(*[report_node(command, node, share) for node in nodes]))
+    finally:
+        share.close()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from fliswarm.commands import parser
 from fliswarm.commands._common import enabled_names, report_node
+from fliswarm.status import EngineShare
 
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["status"]
 
 
-async def _report(command: FLISwarmCommand, node: Node) -> None:
+async def _report(command: FLISwarmCommand, node: Node, share: EngineShare) -> None:
     """One node: known offline from the supervision state, or probed now."""
 
     actor = command.actor
@@ -30,7 +31,7 @@ async def _report(command: FLISwarmCommand, node: Node) -> None:
         if device is not None:
             command.info(device=[node.name, device.is_connected(), device.host, device.port])
         return
-    await report_node(command, node)
+    await report_node(command, node, share)
 
 
 @parser.command()
@@ -49,5 +50,9 @@ async def status(command: FLISwarmCommand, nodes: NodesType):
     if supervisor is not None:
         for name, state in supervisor.states().items():
             command.info(nodeState=state.keyword(name))
-    await asyncio.gather(*[_report(command, nodes[name]) for name in names])
+    share = EngineShare()  # One probe and one list per Docker engine, for all its nodes.
+    try:
+        await asyncio.gather(*[_report(command, nodes[name], share) for name in names])
+    finally:
+        share.close()
     return command.finish()
