@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from logging.handlers import TimedRotatingFileHandler
 from typing import Any
 
 from clu.base import MessageCode, Reply
 from clu.command import BaseCommand
 from clu.legacy.actor import BaseLegacyActor
 from clu.tools import REPLY
+from sdsstools.logger import FileFormatter
 
 
-__all__ = ["format_value", "format_keywords", "write_reply"]
+__all__ = ["format_value", "format_keywords", "write_reply", "log_line"]
 
 # Codes written as they are (a child command remaps ``>``, ``:`` and ``f``).
 _DIRECT_CODES = {code: MessageCode(code) for code in "iwde!"}
 _EXPANDED_KEYS = ("error", "exception")
+_FILE_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"  # sdsstools' FileFormatter.
 _WRITE = BaseLegacyActor.write
 _WRITE_INTERNAL = BaseLegacyActor._write_internal
 
@@ -149,4 +153,86 @@ def write_reply(target: Any, code: str, message: dict[str, Any]) -> None:
 
     log = actor.log
     if log and write_to_log:
-        log.log(REPLY if REPLY in logging._levelToName else logging.DEBUG, line)
+        log_line(log, REPLY if REPLY in logging._levelToName else logging.DEBUG, line)
+
+
+def _direct_handlers(log: logging.Logger, level: int) -> list[TimedRotatingFileHandler] | None:
+    """The handlers a record of ``level`` reaches if all are plain actor file logs, else `None`."""
+
+    if log.disabled or log.filters or not log.isEnabledFor(level):
+        return None
+    found: list[TimedRotatingFileHandler] = []
+    logger: logging.Logger | None = log
+    while logger is not None:
+        for handler in logger.handlers:
+            if level < handler.level:
+                continue
+            formatter = handler.formatter
+            if (
+                handler.__class__ is not TimedRotatingFileHandler
+                or handler.filters
+                or formatter is None
+                or formatter.__class__ is not FileFormatter
+                or formatter._fmt != _FILE_FORMAT
+                or formatter.datefmt
+                or formatter.converter not in (time.gmtime, time.localtime)
+                or (found and formatter.converter is not found[0].formatter.converter)  # type: ignore[union-attr]
+                or formatter.default_time_format != "%Y-%m-%d %H:%M:%S"
+                or formatter.default_msec_format != "%s,%03d"
+            ):
+                return None
+            found.append(handler)
+        logger = logger.parent if logger.propagate else None
+    return found or None
+
+
+_second: list[Any] = [None, ""]  # The last (converter, whole second) formatted, and its text.
+
+
+def _asctime(created: float, converter: Any) -> str:
+    """``asctime`` as `logging.Formatter.formatTime` writes it (strftime cached per second)."""
+
+    second = int(created)
+    if _second[0] != (converter, second):
+        _second[:] = [(converter, second), time.strftime("%Y-%m-%d %H:%M:%S", converter(created))]
+    return f"{_second[1]},{int((created - second) * 1000):03d}"
+
+
+def log_line(log: logging.Logger, level: int, message: str) -> None:
+    """Logs ``message`` at ``level``, as ``log.log(level, message)`` would.
+
+    When every handler the record would reach is a plain actor file log (a
+    `~logging.handlers.TimedRotatingFileHandler` with sdsstools' `FileFormatter`), the line
+    ``"{asctime} - {levelname} - {message}"`` is written to them directly, without building
+    and copying log records; otherwise the logger does it.
+    """
+
+    handlers = _direct_handlers(log, level)
+    if handlers is None:
+        log.log(level, message)
+        return
+    header = getattr(log, "header", None)
+    if header is not None:
+        message = header + message
+    if "\x1b" in message:
+        message = FileFormatter.ansi_escape.sub("", message)
+    converter = handlers[0].formatter.converter  # type: ignore[union-attr]
+    text = f"{_asctime(time.time(), converter)} - {logging.getLevelName(level)} - {message}"
+    for handler in handlers:
+        handler.acquire()
+        try:
+            if handler.shouldRollover(None):  # type: ignore[arg-type]  # (unused)
+                handler.doRollover()
+            if handler.stream is None and (
+                handler.mode != "w" or not getattr(handler, "_closed", False)
+            ):
+                handler.stream = handler._open()
+            if handler.stream:
+                handler.stream.write(text + handler.terminator)
+                handler.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            handler.handleError(log.makeRecord(log.name, level, "", 0, message, (), None))
+        finally:
+            handler.release()

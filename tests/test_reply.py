@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
+from logging.handlers import TimedRotatingFileHandler
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fliswarm.actor import FLISwarmActor
-from fliswarm.reply import format_keywords, format_value, write_reply
+from fliswarm.reply import _direct_handlers, format_keywords, format_value, write_reply
 
 
 VALUES: list[Any] = [
@@ -209,3 +212,47 @@ def test_write_reply_takes_the_fast_path(actor: Any, broadcast: bool):
     line = f'{ids} i status=gfa1,"x y",T'
     assert out == ([[f"{line}\n".encode()]] * 2 if broadcast else [[f"{line}\n".encode()], []])
     assert lines == [(REPLY, line)]
+
+
+def log_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+@pytest.mark.parametrize("utc", [True, False])
+def test_actor_log_file_same_lines_as_clu(tmp_path: Path, utc: bool):
+    """The fast path writes the actor's log file itself: same lines, timestamps aside."""
+
+    config = {"actor": {"name": "fliswarm", "host": "127.0.0.1", "port": 0}, "status_interval": 0}
+    actor = FLISwarmActor.from_config(config, log_dir=tmp_path)
+    try:
+        actor.transports = {1: Transport(1)}
+        [handler] = [h for h in actor.log.handlers if isinstance(h, TimedRotatingFileHandler)]
+        if not utc:
+            handler.formatter.converter = time.localtime  # type: ignore[union-attr]
+        path = Path(handler.baseFilename)
+        assert _direct_handlers(actor.log, REPLY) == [handler]  # The fast path is taken.
+        command = talk_command(actor)
+        messages = [*MESSAGES, {"ansi": ["gfa1", "\x1b[31mred\x1b[0m"]}, {"pct": ["50%s %d"]}]
+        for message in messages:
+            start = len(log_lines(path))
+            before = time.time()
+            command.write("i", dict(message), validate=False)
+            write_reply(command, "i", dict(message))
+            write_reply(actor, "w", dict(message))
+            actor.write("w", dict(message), validate=False)
+            after = time.time()
+            clu_line, ours, ours_actor, clu_actor = log_lines(path)[start:]
+            assert ours.split(" - ", 1)[1] == clu_line.split(" - ", 1)[1]
+            assert ours_actor.split(" - ", 1)[1] == clu_actor.split(" - ", 1)[1]
+            assert ours.split(" - ", 1)[1].startswith("REPLY - 1 7 i ")
+            convert = time.gmtime if utc else time.localtime
+            stamps = {
+                time.strftime("%Y-%m-%d %H:%M:%S", convert(t)) + f",{int(t % 1 * 1000):03d}"
+                for t in (before, after)
+            }
+            stamp = ours.split(" - ", 1)[0]
+            assert min(stamps) <= stamp <= max(stamps)
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", stamp)
+    finally:
+        for handler in list(actor.log.handlers):
+            handler.close()
