@@ -28,16 +28,9 @@ __all__ = ["format_value", "format_keywords", "write_reply", "log_line"]
 
 # Codes written as they are (a child command remaps ``>``, ``:`` and ``f``).
 _DIRECT_CODES = {code: MessageCode(code) for code in "iwde!"}
-_EXPANDED_KEYS = ("error", "exception")
 _FILE_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"  # sdsstools' FileFormatter.
 _WRITE = BaseLegacyActor.write
 _WRITE_INTERNAL = BaseLegacyActor._write_internal
-
-
-def _depth(value: Any) -> int:
-    if value.__class__ is dict or isinstance(value, dict):
-        return 1 + (max(map(_depth, value.values())) if value else 0)
-    return 0
 
 
 def format_value(value: Any) -> str:
@@ -65,9 +58,11 @@ def format_value(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return ",".join([format_value(item) for item in value])
     if isinstance(value, dict):
-        if _depth(value) > 1:
+        values = list(value.values())
+        # CLU's depth > 1: some value is itself a dictionary.
+        if any(item.__class__ is dict or isinstance(item, dict) for item in values):
             raise ValueError("Cannot format a dictionary with depth > 1.")
-        return format_value(list(value.values()))
+        return format_value(values)
     return str(value)
 
 
@@ -127,7 +122,8 @@ def write_reply(target: Any, code: str, message: dict[str, Any]) -> None:
         or actor._message_processor is not None
         or actor.store is not None
         or any(isinstance(value, Exception) for value in message.values())
-        or any(key in message and isinstance(message[key], dict) for key in _EXPANDED_KEYS)
+        or ("error" in message and isinstance(message["error"], dict))
+        or ("exception" in message and isinstance(message["exception"], dict))
     ):
         _fallback(target, code, message)
         return

@@ -219,8 +219,14 @@ def log_lines(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("utc", [True, False])
-def test_actor_log_file_same_lines_as_clu(tmp_path: Path, utc: bool):
+def test_actor_log_file_same_lines_as_clu(
+    tmp_path: Path, utc: bool, monkeypatch: pytest.MonkeyPatch
+):
     """The fast path writes the actor's log file itself: same lines, timestamps aside."""
+
+    # pytest's log capture hangs a handler on the root logger, which (rightly) disables the
+    # direct path; the actor's own setup has none there.
+    monkeypatch.setattr(logging.root, "handlers", [])
 
     config = {"actor": {"name": "fliswarm", "host": "127.0.0.1", "port": 0}, "status_interval": 0}
     actor = FLISwarmActor.from_config(config, log_dir=tmp_path)
@@ -230,7 +236,11 @@ def test_actor_log_file_same_lines_as_clu(tmp_path: Path, utc: bool):
         if not utc:
             handler.formatter.converter = time.localtime  # type: ignore[union-attr]
         path = Path(handler.baseFilename)
+        monkeypatch.setattr(actor.log, "propagate", True)  # Other tests may change it.
         assert _direct_handlers(actor.log, REPLY) == [handler]  # The fast path is taken.
+        monkeypatch.setattr(logging.root, "handlers", [Records()])
+        assert _direct_handlers(actor.log, REPLY) is None  # Another handler: the logger does it.
+        monkeypatch.setattr(logging.root, "handlers", [])
         command = talk_command(actor)
         messages = [*MESSAGES, {"ansi": ["gfa1", "\x1b[31mred\x1b[0m"]}, {"pct": ["50%s %d"]}]
         for message in messages:
