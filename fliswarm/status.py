@@ -6,8 +6,11 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from clu.command import BaseCommand
+
 from .containers import LABEL_MANAGED, LABEL_NODE, short_id
 from .exceptions import NodeError
+from .reply import write_reply
 from .tools import FakeCommand
 
 
@@ -15,7 +18,14 @@ if TYPE_CHECKING:
     from .node import Node
 
 
-__all__ = ["report_status", "actor_config", "probe", "PING_GRACE", "EngineShare"]
+__all__ = [
+    "report_status",
+    "actor_config",
+    "probe",
+    "PING_GRACE",
+    "EngineShare",
+    "StatusWriter",
+]
 
 
 def actor_config(command: Any) -> Mapping[str, Any]:
@@ -25,6 +35,44 @@ def actor_config(command: Any) -> Mapping[str, Any]:
         return {}
     config = getattr(getattr(command, "actor", None), "config", None)
     return config if isinstance(config, Mapping) else {}
+
+
+class StatusWriter:
+    """Writes the status keywords of a CLU command through the fast reply path.
+
+    The status keywords are built here from typed values (the schema is checked by the
+    tests), so each line skips CLU's per-line JSON-schema validation: the bytes, the
+    transports, ``command.replies`` and the actor log line are those of ``command.info``
+    etc. (`fliswarm.reply.write_reply`), and the actor's keyword model is still updated.
+    Anything that is not a CLU command (a test recorder, `.FakeCommand`) is written to as
+    it is.
+    """
+
+    def __init__(self, command: Any) -> None:
+        self.command = command
+        model = getattr(getattr(command, "actor", None), "model", None)
+        self._fast = isinstance(command, BaseCommand)
+        self._model = model if self._fast and model is not None else None
+
+    def _write(self, code: str, message: dict[str, Any]) -> None:
+        if not self._fast:
+            getattr(self.command, _METHODS[code])(**message)
+            return
+        write_reply(self.command, code, message)
+        if self._model is not None:
+            self._model.update_model(message)
+
+    def info(self, **message: Any) -> None:
+        self._write("i", message)
+
+    def warning(self, **message: Any) -> None:
+        self._write("w", message)
+
+    def debug(self, **message: Any) -> None:
+        self._write("d", message)
+
+
+_METHODS = {"i": "info", "w": "warning", "d": "debug"}
 
 
 async def _none() -> None:
@@ -141,6 +189,7 @@ async def report_status(
     """Reports a node to a command (see `.Node.report_status`)."""
 
     config = actor_config(command)
+    command = StatusWriter(command)
     if volume_names is None:
         volume_names = list(config.get("volumes") or [])
     ping_timeout = float(config.get("ping_timeout") or node.ping_timeout)

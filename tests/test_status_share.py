@@ -7,11 +7,15 @@ engine path is covered by ``test_node.py`` and ``test_actor_commands.py``.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+from clu.command import Command
+
+from fliswarm.actor import FLISwarmActor
 from fliswarm.containers import LABEL_MANAGED, LABEL_NODE
 from fliswarm.node import Node
-from fliswarm.status import EngineShare
+from fliswarm.status import EngineShare, StatusWriter
 
 
 class CountingEngine:
@@ -97,3 +101,51 @@ async def test_without_a_share_each_node_asks_for_itself():
     await asyncio.gather(*[n.report_status(Recorder(), volume_names=[]) for n in nodes])
     assert engine.calls == {"ping": 2, "containers": 2, "volumes": 2}
     assert [f["label"][1] for f in engine.filters] == [f"{LABEL_NODE}=a", f"{LABEL_NODE}=b"]
+
+
+class Transport:
+    """Collects what the actor writes to one user."""
+
+    def __init__(self, user_id: int) -> None:
+        self.user_id = user_id
+        self.data: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 1)
+
+
+def test_status_writer_same_lines_and_model_as_clu(tmp_path: Path):
+    """The fast status lines are CLU's lines, and the keyword model still follows them."""
+
+    config = {"actor": {"name": "fliswarm", "host": "127.0.0.1", "port": 0}, "status_interval": 0}
+    actor = FLISwarmActor.from_config(config, log_dir=tmp_path)
+    try:
+        actor.transports = {1: Transport(1)}
+        command = Command("status", commander_id=1, command_id=7, actor=actor)
+        command.transport = actor.transports[1]
+        messages = [
+            ("info", {"node": ["gfa1", "10.0.0.1", "tcp://10.0.0.1:2375", True, False]}),
+            ("debug", {"container": ["gfa1", "NA"]}),
+            ("debug", {"volume": ["gfa1", "data", True, "/data/x y"]}),
+            ("warning", {"text": "No containers running on 10.0.0.1."}),
+            ("info", {"device": ["gfa1", False, "10.0.0.1", 19995]}),
+        ]
+        writer = StatusWriter(command)
+        for method, message in messages:
+            getattr(writer, method)(**message)  # First: the model is updated by the writer.
+            key, value = next(iter(message.items()))
+            assert actor.model is not None and actor.model[key].value == value
+            fast = list(actor.transports[1].data)
+            actor.transports[1].data.clear()
+            getattr(command, method)(**message)
+            assert fast == actor.transports[1].data and len(fast) == 1
+            actor.transports[1].data.clear()
+        assert [r.message_code.value for r in command.replies] == [
+            c for m, _ in messages for c in [m[0]] * 2
+        ]
+    finally:
+        for handler in list(actor.log.handlers):
+            handler.close()

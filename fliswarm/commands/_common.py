@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from fliswarm.status import EngineShare
+from fliswarm.status import EngineShare, StatusWriter
 from fliswarm.supervision.desired import container_spec, container_user
 from fliswarm.tools import select_nodes, split_names
 
@@ -95,7 +95,9 @@ async def report_node(
     except Exception as err:
         command.warning(text=f"{node.name}: cannot get the status: {err}")
     if device is not None:
-        command.info(device=[node.name, device.is_connected(), device.host, device.port])
+        StatusWriter(command).info(
+            device=[node.name, device.is_connected(), device.host, device.port]
+        )
     return result
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from fliswarm.commands import parser
 from fliswarm.commands._common import enabled_names, report_node
-from fliswarm.status import EngineShare
+from fliswarm.status import EngineShare, StatusWriter
 
 
 if TYPE_CHECKING:
@@ -25,11 +25,12 @@ async def _report(command: FLISwarmCommand, node: Node, share: EngineShare) -> N
     supervisor = getattr(actor, "supervisor", None)
     if supervisor is not None and supervisor.is_offline(node.name):
         status = supervisor.state(node.name)
-        command.warning(text=f"{node.name}: offline ({status.reason}).")
-        command.info(node=[node.name, node.addr, node.daemon_addr, False, False])
+        out = StatusWriter(command)
+        out.warning(text=f"{node.name}: offline ({status.reason}).")
+        out.info(node=[node.name, node.addr, node.daemon_addr, False, False])
         device = actor.flicameras.get(node.name)
         if device is not None:
-            command.info(device=[node.name, device.is_connected(), device.host, device.port])
+            out.info(device=[node.name, device.is_connected(), device.host, device.port])
         return
     await report_node(command, node, share)
 
@@ -45,11 +46,12 @@ async def status(command: FLISwarmCommand, nodes: NodesType):
     """
 
     names = enabled_names(nodes)
-    command.info(enabledNodes=names)
+    out = StatusWriter(command)
+    out.info(enabledNodes=names)
     supervisor = getattr(command.actor, "supervisor", None)
     if supervisor is not None:
         for name, state in supervisor.states().items():
-            command.info(nodeState=state.keyword(name))
+            out.info(nodeState=state.keyword(name))
     share = EngineShare()  # One probe and one list per Docker engine, for all its nodes.
     try:
         await asyncio.gather(*[_report(command, nodes[name], share) for name in names])
