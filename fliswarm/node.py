@@ -391,10 +391,11 @@ class Node:
         ``NA`` if there is none or several) and one
         ``volume={name, volume, present, device}`` per volume (debug; device ``NA`` if
         missing), with a warning for a node not pinging, Docker not answering, no or
-        several containers and a missing volume. An engine that answers proves the node
-        alive; otherwise the node is pinged while the engine is still waited for
-        (`fliswarm.status.probe`), so a dead node returns within ``max(ping_timeout + 0.25,
-        connect_timeout)``; containers and volumes are then listed concurrently.
+        several containers and a missing volume. The containers and volumes are listed
+        first (concurrently): an engine that answers them within 0.25 s proves itself and
+        the node alive. Otherwise the engine gets a ``/_ping`` and the node an ICMP ping
+        while the lists go on (`fliswarm.status.probe`), so a dead node returns within
+        ``max(ping_timeout + 0.25, connect_timeout) + 0.25``.
 
         Parameters
         ----------

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from clu.command import BaseCommand
 
 from .containers import LABEL_MANAGED, LABEL_NODE, short_id
-from .exceptions import NodeError
+from .exceptions import NodeError, NodeTimeoutError, NodeTLSError, NodeUnreachableError
 from .reply import write_reply
 from .tools import FakeCommand
 
@@ -177,6 +177,51 @@ async def _volumes(node: Node, share: EngineShare | None) -> list[dict[str, Any]
     return await (share.volumes(node) if share is not None else node.engine.list_volumes())
 
 
+async def _lists(
+    node: Node, share: EngineShare | None, containers: bool, volumes: bool
+) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+    running, present = await asyncio.gather(
+        _running(node, share) if containers else _none(),
+        _volumes(node, share) if volumes else _none(),
+    )
+    return running, present
+
+
+#: Errors of a list that say nothing about whether the engine is alive.
+_NO_ANSWER = (NodeUnreachableError, NodeTimeoutError, NodeTLSError)
+
+
+async def _answered(
+    node: Node,
+    ping_timeout: float,
+    share: EngineShare | None,
+    lists: asyncio.Future[Any],
+    listing: bool,
+) -> tuple[bool, bool, str | None]:
+    """Node alive, engine alive and why not: the lists answering at once prove both.
+
+    The container and volume lists are sent first; an engine that answers them within
+    `PING_GRACE` (even with an API error) is alive, and so is its node, without a
+    ``/_ping``. Otherwise the node is probed as before (`probe`) while the lists go on.
+    """
+
+    if listing:
+        done, _ = await asyncio.wait({lists}, timeout=PING_GRACE)
+        if lists in done and not isinstance(lists.exception(), _NO_ANSWER):
+            return True, True, None
+    return await _probe(node, ping_timeout, share)
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    """Cancels a task whose result is not wanted (retrieving its exception, if any)."""
+
+    if task.done():
+        if not task.cancelled():
+            task.exception()
+    else:
+        task.cancel()
+
+
 async def report_status(
     node: Node,
     command: Any,
@@ -194,7 +239,14 @@ async def report_status(
         volume_names = list(config.get("volumes") or [])
     ping_timeout = float(config.get("ping_timeout") or node.ping_timeout)
 
-    node_alive, docker_alive, error = await _probe(node, ping_timeout, share)
+    lists = asyncio.ensure_future(_lists(node, share, containers, volumes))
+    try:
+        node_alive, docker_alive, error = await _answered(
+            node, ping_timeout, share, lists, containers or volumes
+        )
+    except BaseException:
+        _discard(lists)
+        raise
     result: dict[str, Any] = {
         "node_alive": node_alive,
         "docker_alive": docker_alive,
@@ -209,13 +261,11 @@ async def report_status(
             command.warning(text=f"{node.name}: {error}")
     command.info(node=[node.name, node.addr, node.daemon_addr, node_alive, docker_alive])
     if not docker_alive:
+        _discard(lists)
         return result
 
     try:
-        running, present = await asyncio.gather(
-            _running(node, share) if containers else _none(),
-            _volumes(node, share) if volumes else _none(),
-        )
+        running, present = await lists
     except NodeError as err:
         command.warning(text=f"{node.name}: cannot get the status: {err.message}")
         return result

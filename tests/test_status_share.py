@@ -14,6 +14,7 @@ from clu.command import Command
 
 from fliswarm.actor import FLISwarmActor
 from fliswarm.containers import LABEL_MANAGED, LABEL_NODE
+from fliswarm.exceptions import NodeUnreachableError
 from fliswarm.node import Node
 from fliswarm.status import EngineShare, StatusWriter
 
@@ -84,7 +85,8 @@ async def test_nodes_on_one_engine_share_its_calls():
     )
     share.close()
 
-    assert engine.calls == {"ping": 1, "containers": 1, "volumes": 1}
+    # The lists answering prove the engine alive: no /_ping at all.
+    assert engine.calls == {"ping": 0, "containers": 1, "volumes": 1}
     # Each node still gets its own container (the one labelled with its name) and volume.
     assert [r["container"] for r in results] == [f"{i:02d}" * 6 for i in range(10)]
     assert all(r["volumes"] == {"data": "/data"} for r in results)
@@ -99,8 +101,38 @@ async def test_without_a_share_each_node_asks_for_itself():
     for node in nodes:
         node.engine = engine  # type: ignore[assignment]
     await asyncio.gather(*[n.report_status(Recorder(), volume_names=[]) for n in nodes])
-    assert engine.calls == {"ping": 2, "containers": 2, "volumes": 2}
+    assert engine.calls == {"ping": 0, "containers": 2, "volumes": 2}
     assert [f["label"][1] for f in engine.filters] == [f"{LABEL_NODE}=a", f"{LABEL_NODE}=b"]
+
+
+class DeadEngine(CountingEngine):
+    """An engine that cannot be reached: the lists fail, so the node is probed."""
+
+    async def ping(self, timeout: float | None = None) -> bool:
+        self.calls["ping"] += 1
+        return False
+
+    async def list_containers(self, filters: dict[str, list[str]], all: bool = True) -> list[Any]:
+        self.calls["containers"] += 1
+        raise NodeUnreachableError("a", "cannot connect")
+
+
+async def test_lists_not_answering_fall_back_to_the_probe():
+    engine = DeadEngine(["a"])
+    node = Node("a", "127.0.0.1", daemon_addr="tcp://127.0.0.1:2375")
+    node.engine = engine  # type: ignore[assignment]
+
+    async def pings(timeout: float | None = None) -> bool:
+        return True
+
+    node.ping = pings  # type: ignore[method-assign]  # No ICMP from a unit test.
+    command = Recorder()
+    result = await node.report_status(command, volume_names=[], share=EngineShare())
+    assert engine.calls["ping"] == 1
+    assert result["node_alive"] is True and result["docker_alive"] is False
+    infos = [m for code, m in command.messages if code == "i"]
+    assert infos == [{"node": ["a", "127.0.0.1", "tcp://127.0.0.1:2375", True, False]}]
+    assert not [m for code, m in command.messages if code == "d"]
 
 
 class Transport:
