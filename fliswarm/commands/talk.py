@@ -58,6 +58,11 @@ def expected_duration(args: Sequence[str]) -> float:
     return exptime * values["count"] * values["stack"]
 
 
+#: Connection attempt to the flicamera of a node known to be offline (s): a live host on the
+#: local network answers a TCP connection in milliseconds.
+OFFLINE_CONNECT_TIMEOUT = 0.5
+
+
 async def _run_on_node(
     command: FLISwarmCommand, name: str, camera_command: str, timeout: float
 ) -> SubCommand:
@@ -70,12 +75,15 @@ async def _run_on_node(
         sub._finish(False, f"{name}: no flicamera device is configured.")
         return sub
 
-    # A node the supervisor knows is offline is not worth a connection attempt (and its
-    # timeout): its camera is reported at once.
+    # On a node the supervisor knows is offline (its engine does not answer), flicamera may
+    # still run; one short attempt tells, without waiting out the full connect timeout.
     offline = actor.supervisor.is_offline(name)
-    if not device.is_connected() and device.auto_connect and not offline:
+    if not device.is_connected() and device.auto_connect:
+        timeout = actor.device_connect_timeout
+        if offline:
+            timeout = min(timeout, OFFLINE_CONNECT_TIMEOUT)
         try:
-            await device.start(actor.device_connect_timeout)
+            await device.start(timeout)
         except ConnectionError:
             pass
     if not device.is_connected():
