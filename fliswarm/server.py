@@ -15,6 +15,10 @@ later broadcasts write to a dead socket, and the loop's exception handler logs a
   with its first bytes (so the command can fail with its own command id);
 - an exception in the data callback is logged in one line and the connection goes on;
 - whatever happens, the transport is forgotten and the disconnect callback is called.
+
+The callbacks get a `ClientTransport` for each client: the lines written to it during one
+iteration of the event loop leave in one ``send()`` (a ``talk`` to seven cameras writes a
+dozen lines at once), in the order they were written.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 from clu.protocol import TCPStreamServer
 
 
-__all__ = ["SafeStreamServer", "DEFAULT_COMMAND_LINE_LIMIT"]
+__all__ = ["SafeStreamServer", "ClientTransport", "DEFAULT_COMMAND_LINE_LIMIT"]
 
 #: Longest command line accepted by the actor, in bytes (asyncio's default stream limit).
 DEFAULT_COMMAND_LINE_LIMIT = 64 * 1024
@@ -36,6 +40,63 @@ DEFAULT_COMMAND_LINE_LIMIT = 64 * 1024
 _HEAD = 256
 
 OverflowCallback = Callable[[Any, bytes, int], Any]
+
+
+class ClientTransport:
+    """A client's transport whose writes are joined until the event loop's next iteration.
+
+    Every reply line is one ``write``; asyncio would make each a ``send()`` system call.
+    Here the lines written while the loop runs its current callbacks are joined and sent
+    once, in order, at the start of its next iteration (``call_soon``): no delay, fewer
+    system calls and TCP segments. `close` sends what is pending first.
+
+    The actor sets ``user_id`` (and CLU's ``multiline``) on it, as on a plain transport;
+    ``user_id`` does not exist until then (CLU checks ``hasattr``).
+
+    Parameters
+    ----------
+    transport
+        The connection's `asyncio.Transport`.
+    """
+
+    __slots__ = ("transport", "user_id", "multiline", "_pending", "_loop")
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        """Queues ``data``; it is sent at the start of the loop's next iteration."""
+
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        """Sends what is queued now."""
+
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Sends what is queued, then closes the connection."""
+
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+    def __repr__(self) -> str:
+        return f"<ClientTransport user_id={getattr(self, 'user_id', None)} {self.transport!r}>"
 
 
 class SafeStreamServer(TCPStreamServer):
@@ -72,14 +133,14 @@ class SafeStreamServer(TCPStreamServer):
     ) -> None:
         """Serves one client until it goes; never raises, never leaks its transport."""
 
-        transport = writer.transport
         if self.max_connections and len(self.transports) >= self.max_connections:
             with contextlib.suppress(Exception):
                 writer.write(b"Max number of connections reached.\n")
                 writer.close()
             return
 
-        self.transports[transport] = writer
+        self.transports[writer.transport] = writer
+        transport = ClientTransport(writer.transport)
         try:
             if self.connection_callback:
                 await self._do_callback(self.connection_callback, transport)
@@ -89,9 +150,9 @@ class SafeStreamServer(TCPStreamServer):
         except Exception as err:
             self.log.warning(f"client {_peer(transport)}: connection ended by {err!r}")
         finally:
-            self.transports.pop(transport, None)
+            self.transports.pop(writer.transport, None)
             with contextlib.suppress(Exception):
-                writer.close()
+                transport.close()
             if self.connection_callback:
                 try:
                     await self._do_callback(self.connection_callback, transport)
