@@ -20,6 +20,7 @@ from clu.legacy import LegacyActor
 from fliswarm import __version__
 from fliswarm.commands import parser
 from fliswarm.device import FlicameraDevice
+from fliswarm.reply import same_output_as_clu, write_status
 from fliswarm.server import SafeStreamServer
 from fliswarm.supervision import Supervisor
 
@@ -364,6 +365,48 @@ class FLISwarmActor(LegacyActor):
             await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 10)
 
     # Client connections and command lines (hardened; see fliswarm.server)
+
+    @same_output_as_clu
+    def write(
+        self,
+        message_code: Any = "i",
+        message: dict[str, Any] | None = None,
+        command: Any = None,
+        user_id: int | None = None,
+        command_id: int | None = None,
+        concatenate: bool = True,
+        broadcast: bool = False,
+        validate: bool = True,
+        write_to_log: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """CLU's ``write``; a command's own ``>`` and ``:`` take `.reply.write_status`."""
+
+        if (
+            (message is None or (message.__class__ is dict and not message))
+            and command is not None
+            and user_id is None
+            and command_id is None
+            and not broadcast
+            and kwargs.get("silent", False) is False
+            and kwargs.keys() <= {"silent", "internal"}
+            and write_status(
+                self, message_code, command, kwargs.get("internal", False), write_to_log, validate
+            )
+        ):
+            return
+        super().write(
+            message_code,
+            message,
+            command,
+            user_id,
+            command_id,
+            concatenate,
+            broadcast,
+            validate,
+            write_to_log,
+            **kwargs,
+        )
 
     def new_user(self, transport: Any) -> Any:
         """Registers a new client, or forgets one that left (never a closing one)."""

@@ -24,10 +24,19 @@ from clu.tools import REPLY
 from sdsstools.logger import FileFormatter
 
 
-__all__ = ["format_value", "format_keywords", "write_reply", "log_line"]
+__all__ = [
+    "format_value",
+    "format_keywords",
+    "write_reply",
+    "write_status",
+    "same_output_as_clu",
+    "log_line",
+]
 
 # Codes written as they are (a child command remaps ``>``, ``:`` and ``f``).
 _DIRECT_CODES = {code: MessageCode(code) for code in "iwde!"}
+# A command's own start and end, without keywords (`write_status`).
+_STATUS_CODES = {code: MessageCode(code) for code in ">:"}
 _FILE_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"  # sdsstools' FileFormatter.
 _WRITE = BaseLegacyActor.write
 _WRITE_INTERNAL = BaseLegacyActor._write_internal
@@ -117,7 +126,7 @@ def write_reply(target: Any, code: str, message: dict[str, Any]) -> None:
     if (
         message_code is None
         or not isinstance(actor, BaseLegacyActor)
-        or cls.write is not _WRITE
+        or (cls.write is not _WRITE and not getattr(cls.write, "same_output_as_clu", False))
         or cls._write_internal is not _WRITE_INTERNAL
         or actor._message_processor is not None
         or actor.store is not None
@@ -130,10 +139,55 @@ def write_reply(target: Any, code: str, message: dict[str, Any]) -> None:
 
     if command is not None:
         command.replies.append(Reply(message_code, message, command=command))
-    if silent:
-        return
+    if not silent:
+        _emit(actor, command, code, format_keywords(message), write_to_log)
 
-    body = format_keywords(message)
+
+def write_status(
+    actor: BaseLegacyActor,
+    code: Any,
+    command: BaseCommand,
+    internal: bool = False,
+    write_to_log: bool = True,
+    validate: bool = True,
+) -> bool:
+    """Writes the keyword-less ``>`` or ``:`` of a top-level command as CLU's ``write`` does.
+
+    For ``actor.write(code, None, command, ...)`` when ``code`` is ``>`` or ``:`` and
+    ``command`` has no parent: the same `~clu.base.Reply` (an empty message always validates),
+    the same line ``"{user_id} {command_id} {code} "`` to the command's user and the same log
+    line. Returns `False`, having done nothing, for any other case.
+    """
+
+    value = code if code.__class__ is str else getattr(code, "value", None)
+    message_code = _STATUS_CODES.get(value)  # type: ignore[arg-type]
+    if (
+        message_code is None
+        or command.parent is not None
+        or actor._message_processor is not None
+        or actor.store is not None
+    ):
+        return False
+    reply = Reply(message_code, {}, command=command, internal=internal)
+    if validate and actor.model is not None:
+        reply.use_validation = True
+        reply.validated = True
+    command.replies.append(reply)
+    _emit(actor, command, message_code.value, "", write_to_log)
+    return True
+
+
+def same_output_as_clu(method: Any) -> Any:
+    """Marks an override of ``LegacyActor.write`` that writes exactly what CLU's does (so
+    `write_reply` may keep its fast path for that actor class)."""
+
+    method.same_output_as_clu = True
+    return method
+
+
+def _emit(actor: Any, command: Any, code: str, body: str, write_to_log: bool) -> None:
+    """Writes a formatted reply line to its user (or everyone) and to the actor's log."""
+
     transport = command.transport if command is not None else None
     user_id = (transport.user_id if transport else None) or 0
     command_id = (command.command_id if command is not None else 0) or 0

@@ -8,10 +8,13 @@ import time
 from logging.handlers import TimedRotatingFileHandler
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import clu
 import pytest
+from clu.base import MessageCode
 from clu.command import Command
+from clu.legacy.actor import BaseLegacyActor
 from clu.tools import REPLY
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -266,3 +269,51 @@ def test_actor_log_file_same_lines_as_clu(
     finally:
         for handler in list(actor.log.handlers):
             handler.close()
+
+
+@pytest.mark.parametrize("code", [">", ":", MessageCode.STARTED, MessageCode.DONE, "i", "f"])
+@pytest.mark.parametrize("how", ["command", "child", "silent", "internal", "nolog", "novalidate"])
+def test_status_lines_same_as_clu(actor: Any, code: Any, how: str):
+    """A command's keyword-less ``>`` / ``:`` (`write_status`, taken by the actor's ``write``)
+    give the bytes, log lines and replies of CLU's ``LegacyActor.write``."""
+
+    actor, records = actor
+    parent = talk_command(actor)
+    command = Command("status", parent=parent, actor=actor) if how == "child" else parent
+    command.silent = how == "silent"
+    kwargs: dict[str, Any] = {"silent": command.silent}
+    if how == "internal":
+        kwargs["internal"] = True
+    if how == "nolog":
+        kwargs["write_to_log"] = False
+    if how == "novalidate":
+        kwargs["validate"] = False
+
+    def replies() -> list[tuple[Any, ...]]:
+        found = [
+            (r.message_code, r.message, r.command, r.internal, r.use_validation, r.validated)
+            for r in command.replies
+        ]
+        command.replies.clear()
+        return found
+
+    BaseLegacyActor.write(actor, code, None, command, **kwargs)
+    expected = outputs(actor, records), replies()
+    actor.write(code, None, command, **kwargs)
+    assert (outputs(actor, records), replies()) == expected
+    if how == "command":
+        assert expected[0][0][0] == [f"1 7 {MessageCode(code).value} \n".encode()]
+
+
+def test_command_status_lines_take_the_fast_path(actor: Any):
+    actor, records = actor
+    command = talk_command(actor)
+    with mock.patch.object(BaseLegacyActor, "write", side_effect=AssertionError("CLU's write")):
+        command.set_status(command.status.RUNNING, internal=True)
+        command.finish()
+        out, lines = outputs(actor, records)
+        # Anything else (keywords, another code) is still CLU's.
+        with pytest.raises(AssertionError, match="CLU's write"):
+            command.write("i", {"text": "x"})
+    assert out == [[b"1 7 > \n", b"1 7 : \n"], []]
+    assert lines == [(REPLY, "1 7 > "), (REPLY, "1 7 : ")]
