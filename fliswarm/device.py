@@ -252,13 +252,19 @@ class FlicameraDevice:
         """Sends a command and waits for its end, at most ``timeout`` seconds. Never raises
         for flicamera or connection problems: check ``ok`` and ``error`` of the result."""
 
+        sub = self.submit(command_string, parent)
+        return await sub.wait(timeout)
+
+    def submit(self, command_string: str, parent: BaseCommand | None = None) -> SubCommand:
+        """Like `send`, but a connection problem gives a failed `SubCommand` (id 0) instead
+        of raising."""
+
         try:
-            sub = self.send(command_string, parent)
+            return self.send(command_string, parent)
         except ConnectionError as err:
             sub = SubCommand(self.name, 0, command_string, parent)
             sub._finish(False, str(err))
             return sub
-        return await sub.wait(timeout)
 
     def _end(self, sub: SubCommand, ok: bool, error: str | None = None) -> None:
         if self.running.get(sub.command_id) is sub:

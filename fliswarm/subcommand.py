@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 
@@ -10,7 +11,7 @@ if TYPE_CHECKING:
     from clu.command import BaseCommand
 
 
-__all__ = ["SubCommand"]
+__all__ = ["SubCommand", "wait_all"]
 
 
 class SubCommand:
@@ -81,3 +82,17 @@ class SubCommand:
 
     def __repr__(self) -> str:
         return f"<SubCommand {self.node}#{self.command_id} {self.command_string!r} ok={self.ok}>"
+
+
+async def wait_all(subs: Sequence[SubCommand], timeout: float | None = None) -> None:
+    """Waits until every sub-command has ended, at most ``timeout`` seconds in all; those
+    still running then fail as `SubCommand.wait` fails them. Never raises (but cancellation).
+    """
+
+    running = [sub.future for sub in subs if not sub.future.done()]
+    if not running:
+        return
+    await asyncio.wait(running, timeout=timeout)
+    for sub in subs:
+        if not sub.future.done():
+            sub._finish(False, f"no answer from {sub.node} after {timeout:g} s.")

@@ -11,6 +11,7 @@ import click
 
 from fliswarm.commands import parser
 from fliswarm.device import SubCommand
+from fliswarm.subcommand import wait_all
 from fliswarm.tools import select_nodes, split_names
 
 
@@ -99,6 +100,37 @@ async def _run_on_node(
     return await device.run(camera_command, command, timeout=timeout)
 
 
+async def _run_on_nodes(
+    command: FLISwarmCommand, names: list[str], camera_command: str, timeout: float
+) -> list[SubCommand]:
+    """Runs the camera command on every node at once; the results in the order of ``names``.
+
+    Connected cameras get the command at once, without a task each; the others are
+    connected first (`_run_on_node`), concurrently.
+    """
+
+    flicameras = command.actor.flicameras
+    sent: list[SubCommand] = []
+    connecting: dict[str, asyncio.Task[SubCommand]] = {}
+    for name in names:
+        device = flicameras.get(name)
+        if device is not None and device.is_connected():
+            sent.append(device.submit(camera_command, command))
+        else:
+            coro = _run_on_node(command, name, camera_command, timeout)
+            connecting[name] = asyncio.ensure_future(coro)
+    try:
+        await wait_all(sent, timeout)
+        if connecting:
+            await asyncio.gather(*connecting.values())
+    finally:  # Cancelled: no connection attempt outlives the command.
+        for task in connecting.values():
+            task.cancel()
+    by_node = {sub.node: sub for sub in sent}
+    by_node.update((name, task.result()) for name, task in connecting.items())
+    return [by_node[name] for name in names]
+
+
 @parser.command(context_settings={"allow_interspersed_args": False})
 @click.argument("CAMERA_COMMAND", nargs=-1, type=str, required=True)
 @click.option("-n", "--names", type=str, help="Comma-separated cameras (nodes) to command.")
@@ -140,9 +172,7 @@ async def talk(
     if timeout is None:
         timeout = actor.talk_timeout + expected_duration(camera_command)
 
-    results: list[SubCommand] = await asyncio.gather(
-        *[_run_on_node(command, name, camera_string, timeout) for name in selected]
-    )
+    results = await _run_on_nodes(command, selected, camera_string, timeout)
 
     filenames = [filename for sub in results for filename in sub.filenames]
     if filenames:
