@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from clu.command import BaseCommand
+from clu.model import Model, Property
 
 from .containers import LABEL_MANAGED, LABEL_NODE, short_id
 from .exceptions import NodeError, NodeTimeoutError, NodeTLSError, NodeUnreachableError
@@ -25,6 +27,12 @@ __all__ = [
     "PING_GRACE",
     "EngineShare",
     "StatusWriter",
+    "answered",
+    "discard",
+    "write_node_line",
+    "write_lists",
+    "new_result",
+    "by_name",
 ]
 
 
@@ -60,7 +68,7 @@ class StatusWriter:
             return
         write_reply(self.command, code, message)
         if self._model is not None:
-            self._model.update_model(message)
+            update_model(self._model, message)
 
     def info(self, **message: Any) -> None:
         self._write("i", message)
@@ -73,6 +81,41 @@ class StatusWriter:
 
 
 _METHODS = {"i": "info", "w": "warning", "d": "debug"}
+
+
+def update_model(model: Any, message: dict[str, Any]) -> None:
+    """``model.update_model(message)``, without its per-key notifications when nobody listens.
+
+    CLU's `~clu.model.Model.update_model` copies the property and flattens the whole model
+    for each key, only to pass them to the callbacks. When neither the model nor the
+    property has a callback (and the value is not a dictionary, which CLU merges), the same
+    value and ``last_seen`` times are set directly; anything else goes through CLU.
+    """
+
+    if model.__class__.update_model is not _UPDATE_MODEL or model._callbacks:
+        model.update_model(message)
+        return
+    now = time.time()
+    rest: dict[str, Any] = {}
+    for key, value in message.items():
+        prop = dict.get(model, key)  # The exact key; other cases go through CLU.
+        if (
+            prop is None
+            or prop.__class__ is not Property
+            or prop._callbacks
+            or isinstance(value, dict)
+            or isinstance(prop._value, dict)
+        ):
+            rest[key] = value
+            continue
+        prop._value = value
+        prop.last_seen = now
+    model.last_seen = now
+    if rest:
+        model.update_model(rest)
+
+
+_UPDATE_MODEL = Model.update_model
 
 
 async def _none() -> None:
@@ -191,7 +234,7 @@ async def _lists(
 _NO_ANSWER = (NodeUnreachableError, NodeTimeoutError, NodeTLSError)
 
 
-async def _answered(
+async def answered(
     node: Node,
     ping_timeout: float,
     share: EngineShare | None,
@@ -212,7 +255,7 @@ async def _answered(
     return await _probe(node, ping_timeout, share)
 
 
-def _discard(task: asyncio.Future[Any]) -> None:
+def discard(task: asyncio.Future[Any]) -> None:
     """Cancels a task whose result is not wanted (retrieving its exception, if any)."""
 
     if task.done():
@@ -220,6 +263,80 @@ def _discard(task: asyncio.Future[Any]) -> None:
             task.exception()
     else:
         task.cancel()
+
+
+def write_node_line(
+    out: StatusWriter, node: Node, node_alive: bool, docker_alive: bool, error: str | None
+) -> None:
+    """The warnings of a node that is not pinging or whose engine does not answer, and its
+    ``node`` keyword."""
+
+    if not node_alive:
+        out.warning(text=f"Node {node.addr} is not pinging back.")
+    if not docker_alive:
+        out.warning(text=f"Docker client on node {node.addr} is not connected.")
+        if error:  # Why, in plain words (e.g. a TLS problem).
+            out.warning(text=f"{node.name}: {error}")
+    out.info(node=[node.name, node.addr, node.daemon_addr, node_alive, docker_alive])
+
+
+def write_lists(
+    out: StatusWriter,
+    node: Node,
+    result: dict[str, Any],
+    running: list[dict[str, Any]] | None,
+    present: Mapping[str, dict[str, Any]] | None,
+    container_name: str | None,
+    volume_names: Sequence[str],
+) -> None:
+    """The ``container`` keyword (if ``running`` is a list) and the ``volume`` keywords (if
+    ``present``, volumes by name, is not `None`) of a node, recorded in ``result`` too."""
+
+    if running is not None:
+        found = [
+            c
+            for c in running
+            if container_name is None or f"/{container_name}" in (c.get("Names") or [])
+        ]
+        if len(found) == 1:
+            result["container"] = short_id(found[0]["Id"])
+            out.debug(container=[node.name, result["container"]])
+        else:
+            if not found:
+                out.warning(text=f"No containers running on {node.addr}.")
+            else:
+                what = container_name or "fliswarm containers"
+                out.warning(text=f"Multiple {what} running on node {node.addr}.")
+            out.debug(container=[node.name, "NA"])
+
+    if present is not None:
+        for vname in volume_names:
+            volume = present.get(vname)
+            if volume is None:
+                out.warning(text=f"Volume {vname} not present in {node.name}.")
+                out.debug(volume=[node.name, vname, False, "NA"])
+                result["volumes"][vname] = None
+                continue
+            device = (volume.get("Options") or {}).get("device") or "NA"
+            out.debug(volume=[node.name, vname, True, device])
+            result["volumes"][vname] = device
+
+
+def new_result(node_alive: bool, docker_alive: bool) -> dict[str, Any]:
+    """The result of a node's status report, before its lists."""
+
+    return {
+        "node_alive": node_alive,
+        "docker_alive": docker_alive,
+        "container": None,
+        "volumes": {},
+    }
+
+
+def by_name(volumes: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+    """Volumes by name (`None` stays `None`)."""
+
+    return None if volumes is None else {v["Name"]: v for v in volumes}
 
 
 async def report_status(
@@ -234,69 +351,38 @@ async def report_status(
     """Reports a node to a command (see `.Node.report_status`)."""
 
     config = actor_config(command)
-    command = StatusWriter(command)
+    out = StatusWriter(command)
     if volume_names is None:
         volume_names = list(config.get("volumes") or [])
     ping_timeout = float(config.get("ping_timeout") or node.ping_timeout)
 
     lists = asyncio.ensure_future(_lists(node, share, containers, volumes))
     try:
-        node_alive, docker_alive, error = await _answered(
+        node_alive, docker_alive, error = await answered(
             node, ping_timeout, share, lists, containers or volumes
         )
     except BaseException:
-        _discard(lists)
+        discard(lists)
         raise
-    result: dict[str, Any] = {
-        "node_alive": node_alive,
-        "docker_alive": docker_alive,
-        "container": None,
-        "volumes": {},
-    }
-    if not node_alive:
-        command.warning(text=f"Node {node.addr} is not pinging back.")
+    result = new_result(node_alive, docker_alive)
+    write_node_line(out, node, node_alive, docker_alive, error)
     if not docker_alive:
-        command.warning(text=f"Docker client on node {node.addr} is not connected.")
-        if error:  # Why, in plain words (e.g. a TLS problem).
-            command.warning(text=f"{node.name}: {error}")
-    command.info(node=[node.name, node.addr, node.daemon_addr, node_alive, docker_alive])
-    if not docker_alive:
-        _discard(lists)
+        discard(lists)
         return result
 
     try:
         running, present = await lists
     except NodeError as err:
-        command.warning(text=f"{node.name}: cannot get the status: {err.message}")
+        out.warning(text=f"{node.name}: cannot get the status: {err.message}")
         return result
 
-    if containers:
-        found = [
-            c
-            for c in running or []
-            if container_name is None or f"/{container_name}" in (c.get("Names") or [])
-        ]
-        if len(found) == 1:
-            result["container"] = short_id(found[0]["Id"])
-            command.debug(container=[node.name, result["container"]])
-        else:
-            if not found:
-                command.warning(text=f"No containers running on {node.addr}.")
-            else:
-                what = container_name or "fliswarm containers"
-                command.warning(text=f"Multiple {what} running on node {node.addr}.")
-            command.debug(container=[node.name, "NA"])
-
-    if volumes:
-        by_name = {v["Name"]: v for v in present or []}
-        for vname in volume_names:
-            if vname not in by_name:
-                command.warning(text=f"Volume {vname} not present in {node.name}.")
-                command.debug(volume=[node.name, vname, False, "NA"])
-                result["volumes"][vname] = None
-                continue
-            device = (by_name[vname].get("Options") or {}).get("device") or "NA"
-            command.debug(volume=[node.name, vname, True, device])
-            result["volumes"][vname] = device
-
+    write_lists(
+        out,
+        node,
+        result,
+        (running or []) if containers else None,
+        (by_name(present) or {}) if volumes else None,
+        container_name,
+        volume_names,
+    )
     return result
