@@ -11,7 +11,8 @@ Re-creating a volume (``force=True``) only replaces the Docker volume *object*:
   never touched;
 - the driver must be one the engine lists, and the new driver and options are tried on
   a scratch volume before the old volume is removed, so a bad driver or bad options
-  leave the old volume as it was.
+  leave the old volume as it was. When the old volume already has the same driver and
+  options, they are known to work and this check is skipped.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .engine import Engine
 from .exceptions import DockerAPIError, FliswarmError, VolumeDriverError, VolumeInUseError
 
 
-__all__ = ["create_volume", "volume_body", "check_driver"]
+__all__ = ["create_volume", "volume_body", "check_driver", "same_definition"]
 
 
 def volume_body(node: str, name: str, driver: str, opts: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,6 +71,13 @@ async def check_driver(engine: Engine, driver: str) -> None:
         f"volume driver {driver!r} is not available "
         f"(this engine has: {', '.join(sorted(available)) or 'none'}).",
     )
+
+
+def same_definition(volume: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """Whether an existing volume (inspect data) has the driver and options of ``body``."""
+
+    options = {str(k): str(v) for k, v in (volume.get("Options") or {}).items()}
+    return volume.get("Driver") == body["Driver"] and options == body["DriverOpts"]
 
 
 async def _release(engine: Engine, name: str, command: Any) -> None:
@@ -143,25 +151,27 @@ async def create_volume(
         command.debug(text=f"{node}: volume {name} already exists.")
         return existing
 
-    await check_driver(engine, driver)
+    proven = existing is not None and same_definition(existing, body)
+    if not proven:
+        await check_driver(engine, driver)
     if existing is not None:
         await _release(engine, name, command)
-        # Try the new driver and options first on a scratch volume.
-        scratch = dict(body, Name=f"fliswarm-check-{uuid.uuid4().hex[:12]}")
-        try:
-            await engine.create_volume(scratch)
-        except DockerAPIError as err:
-            raise _driver_error(node, driver, err) from err
-        await engine.remove_volume(scratch["Name"])
+        if not proven:  # Try the new driver and options first on a scratch volume.
+            scratch = dict(body, Name=f"fliswarm-check-{uuid.uuid4().hex[:12]}")
+            try:
+                await engine.create_volume(scratch)
+            except DockerAPIError as err:
+                raise _driver_error(node, driver, err) from err
+            await engine.remove_volume(scratch["Name"])
         command.warning(text=f"{node}: recreating existing volume {name}.")
         await engine.remove_volume(name)
 
     try:
-        await engine.create_volume(body)
+        volume = await engine.create_volume(body)
     except DockerAPIError as err:
         raise _driver_error(node, driver, err) from err
-
-    volume = await engine.inspect_volume(name) or {}
+    if not isinstance(volume, dict) or "Options" not in volume:  # Not the volume itself.
+        volume = await engine.inspect_volume(name) or {}
     device = (volume.get("Options") or {}).get("device") or "NA"
     command.debug(text=f"{node}: created volume {name}.")
     command.debug(volume=[node, name, True, device])
