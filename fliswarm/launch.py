@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from .containers import LABEL_MANAGED, container_body, short_id
+from .containers import LABEL_IMAGE, LABEL_MANAGED, LABEL_NODE, container_body, short_id
 from .engine import Engine
 from .exceptions import (
     ContainerConflictError,
@@ -15,7 +17,10 @@ from .exceptions import (
 )
 
 
-__all__ = ["check_managed", "create_and_start", "remove"]
+__all__ = ["check_managed", "create_and_start", "remove", "remove_named", "UsbMemo"]
+
+#: Seconds a node is remembered to have no usable USB bus (it is tried again after that).
+USB_MEMO_SECONDS = 600.0
 
 
 def check_managed(node: str, info: Mapping[str, Any], name: str) -> None:
@@ -38,12 +43,99 @@ async def remove(engine: Engine, info: Mapping[str, Any], grace: float | None) -
     await engine.remove_container(info["Id"])
 
 
+class UsbMemo:
+    """Remembers, for a while, that a node has no usable USB bus at a path.
+
+    Each container creation would otherwise first try the bind mount and be refused by
+    the engine (one wasted request per creation).
+    """
+
+    def __init__(self, seconds: float = USB_MEMO_SECONDS) -> None:
+        self.seconds = seconds
+        self._missing: dict[str, float] = {}
+
+    def missing(self, bus: str) -> bool:
+        """Whether ``bus`` was found unusable less than `seconds` ago."""
+
+        since = self._missing.get(bus)
+        return since is not None and time.monotonic() - since < self.seconds
+
+    def set_missing(self, bus: str) -> None:
+        self._missing[bus] = time.monotonic()
+
+
+def _repository(ref: str) -> str:
+    """An image reference without its tag or digest."""
+
+    ref = ref.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        ref = ref.rsplit(":", 1)[0]
+    return ref
+
+
+async def remove_named(
+    engine: Engine,
+    name: str,
+    image: str,
+    grace: float | None,
+    force: bool,
+    command: Any,
+) -> bool:
+    """Stops and removes the fliswarm container ``name`` (see `.Node.stop_container`).
+
+    With ``force`` the container is killed and the other fliswarm containers of the node
+    running the same image repository are removed too; the container inspect and the
+    container list are then made concurrently, and the containers removed concurrently.
+    Returns whether a container was removed.
+    """
+
+    node = engine.node
+    if force:
+        filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_NODE}={node}"]}
+        info, others = await asyncio.gather(
+            engine.inspect_container(name), engine.list_containers(filters)
+        )
+    else:
+        info, others = await engine.inspect_container(name), []
+
+    removals = []
+    if info is not None:
+        check_managed(node, info, name)
+        if info["State"].get("Running"):
+            command.warning(text=f"{node}: removing running container {name}.")
+        removals.append(remove(engine, info, grace))
+
+    repository = _repository(image)
+    for other in others:
+        ref = _repository((other.get("Labels") or {}).get(LABEL_IMAGE, ""))
+        if info is not None and other["Id"] == info["Id"]:
+            continue
+        if ref != repository and not ref.endswith("/" + repository):
+            continue
+        other_name = (other.get("Names") or ["?"])[0].lstrip("/")
+        command.warning(
+            text=f"{node}: removing container ({other_name}, "
+            f"{short_id(other['Id'])}) that uses image {repository}."
+        )
+        removals.append(engine.remove_container(other["Id"]))
+
+    results = await asyncio.gather(*removals, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    if info is not None:
+        command.debug(container=[node, "NA"])
+    return bool(removals)
+
+
 async def create_and_start(
     engine: Engine,
     name: str,
     config: Mapping[str, Any],
     usb: str | None,
     command: Any,
+    memo: UsbMemo | None = None,
 ) -> str:
     """Creates and starts a container from its canonical configuration; returns its id.
 
@@ -52,7 +144,9 @@ async def create_and_start(
     mount of ``usb``: the engine validates bind sources when it creates a container and
     refuses a missing one (``400 ... bind source path does not exist``), and one without
     device nodes (``500 ... not a device node``); the container is then created without
-    the USB bus. A container that does not start is removed.
+    the USB bus. ``memo`` remembers that for a while, so that the next creations on the
+    node go straight to the container without the USB bus. A container that does not start
+    is removed.
 
     Raises
     ------
@@ -63,6 +157,9 @@ async def create_and_start(
     """
 
     node = engine.node
+    if usb and memo is not None and memo.missing(usb):
+        command.debug(text=f"{node}: no usable {usb} on the node; not passing it through.")
+        usb = None
     cid: str | None = None
     for bus in (usb, None) if usb else (None,):
         try:
@@ -72,6 +169,8 @@ async def create_and_start(
             # 400: no such bind source; 500: the path exists but holds no device node.
             if bus and err.status in (400, 500) and bus in err.message:
                 command.debug(text=f"{node}: no usable {bus} on the node; not passing it through.")
+                if memo is not None:
+                    memo.set_missing(bus)
                 continue
             if err.status == 409:
                 raise ContainerConflictError(node, err.message) from err

@@ -10,9 +10,6 @@ from clu.command import Command
 
 from . import volumes as _volumes
 from .containers import (
-    LABEL_IMAGE,
-    LABEL_MANAGED,
-    LABEL_NODE,
     USB_BUS,
     PortsType,
     canonical_config,
@@ -28,7 +25,8 @@ from .exceptions import (
     NodeUnreachableError,
     VolumeNotFoundError,
 )
-from .launch import check_managed, create_and_start, remove
+from .launch import UsbMemo, check_managed, create_and_start, remove, remove_named
+from .launch import _repository as _repository
 from .ping import ping as _ping
 from .pull import ensure_image
 from .status import EngineShare
@@ -40,6 +38,8 @@ __all__ = ["Node", "DEFAULT_DOCKER_PORT"]
 
 DEFAULT_DOCKER_PORT = 2375
 DEFAULT_DOCKER_TLS_PORT = 2376
+#: Seconds within which an engine's answer makes `Node.connect` skip the ICMP ping.
+FAST_ANSWER = 0.25
 
 CommandType: TypeAlias = "Command | FakeCommand"
 
@@ -109,6 +109,7 @@ class Node:
         self.stop_grace = stop_grace
         self.usb_bus = usb_bus
         self.tls = dict(tls) if tls else None
+        self.usb_memo = UsbMemo()
 
         self.engine = Engine(
             name,
@@ -137,13 +138,20 @@ class Node:
     async def connect(self) -> None:
         """Checks that the Docker engine answers.
 
+        The node is pinged (ICMP) only if the engine has not answered within
+        `FAST_ANSWER` seconds, to say whether the node itself is down.
+
         Raises
         ------
         NodeUnreachableError
             (a `ConnectionError`) If the engine does not answer within ``connect_timeout``.
         """
 
-        alive, docker = await asyncio.gather(self.ping(), self.client_alive())
+        engine = asyncio.ensure_future(self.client_alive())
+        await asyncio.wait({engine}, timeout=FAST_ANSWER)
+        if engine.done() and engine.result():
+            return  # No ICMP ping (a subprocess) when the engine answers at once.
+        alive, docker = await asyncio.gather(self.ping(), engine)
         if not docker:
             why = "" if alive else " (and the node does not answer ping)"
             failure = self.engine.last_failure
@@ -225,39 +233,8 @@ class Node:
             If ``name`` is a container not created by fliswarm (it is left alone).
         """
 
-        command = command or FakeCommand()
-        removed = False
         grace = None if force else self.stop_grace
-
-        info = await self.engine.inspect_container(name)
-        if info is not None:
-            check_managed(self.name, info, name)
-            if info["State"].get("Running"):
-                command.warning(text=f"{self.name}: removing running container {name}.")
-            await remove(self.engine, info, grace)
-            removed = True
-            command.debug(container=[self.name, "NA"])
-
-        if force:
-            repository = _repository(image)
-            filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_NODE}={self.name}"]}
-            for other in await self.engine.list_containers(filters):
-                ref = (other.get("Labels") or {}).get(LABEL_IMAGE, "")
-                if info is not None and other["Id"] == info["Id"]:
-                    continue
-                if _repository(ref) != repository and not _repository(ref).endswith(
-                    "/" + repository
-                ):
-                    continue
-                other_name = (other.get("Names") or ["?"])[0].lstrip("/")
-                command.warning(
-                    text=f"{self.name}: removing container ({other_name}, "
-                    f"{short_id(other['Id'])}) that uses image {repository}."
-                )
-                await self.engine.remove_container(other["Id"])
-                removed = True
-
-        return removed
+        return await remove_named(self.engine, name, image, grace, force, command or FakeCommand())
 
     async def run_container(
         self,
@@ -330,7 +307,13 @@ class Node:
         command = command or FakeCommand()
         ref = image_reference(image, registry or self.registry)
 
-        existing = await self.engine.inspect_container(name)
+        # The container, the volumes and the image are looked up at the same time.
+        lookups = await asyncio.gather(
+            self.engine.inspect_container(name),
+            self.engine.inspect_image(ref),
+            *[self.engine.inspect_volume(vname) for vname in volumes],
+        )
+        existing, image_info, found = lookups[0], lookups[1], lookups[2:]
         if existing is not None:
             check_managed(self.name, existing, name)
             if existing["State"].get("Running") and not force:
@@ -345,8 +328,7 @@ class Node:
         except ValueError as err:
             raise FliswarmError(f"{self.name}: {err}") from None
         mounts: dict[str, str] = {}
-        for vname in volumes:
-            volume = await self.engine.inspect_volume(vname)
+        for vname, volume in zip(volumes, found, strict=True):
             if volume is None:
                 raise VolumeNotFoundError(
                     self.name, f"volume {vname!r} does not exist; create it first."
@@ -360,13 +342,22 @@ class Node:
         if network == "host" and nports:
             command.debug(text=f"{self.name}: network is 'host': ports are not published.")
 
-        await ensure_image(self.engine, ref, command, always_pull, self.pull_timeout)
+        await ensure_image(
+            self.engine,
+            ref,
+            command,
+            always_pull,
+            self.pull_timeout,
+            present=image_info is not None,
+        )
 
         if existing is not None:
             command.warning(text=f"{self.name}: replacing container {name}.")
             await remove(self.engine, existing, None if force else self.stop_grace)
 
-        cid = await create_and_start(self.engine, name, config, self.usb_bus, command)
+        cid = await create_and_start(
+            self.engine, name, config, self.usb_bus, command, self.usb_memo
+        )
         command.info(text=f"{self.name}: running {name} from {ref}.")
         command.debug(container=[self.name, short_id(cid)])
         info = await self.engine.inspect_container(cid)
@@ -425,13 +416,3 @@ class Node:
         return await _report_status(
             self, command, volumes, containers, container_name, volume_names, share
         )
-
-
-def _repository(ref: str) -> str:
-    """An image reference without its tag or digest."""
-
-    ref = ref.split("@", 1)[0]
-    last = ref.rsplit("/", 1)[-1]
-    if ":" in last:
-        ref = ref.rsplit(":", 1)[0]
-    return ref

@@ -87,11 +87,14 @@ async def ensure_image(
     always: bool = False,
     timeout: float = 600.0,
     interval: float = 1.0,
+    *,
+    present: bool | None = None,
 ) -> bool:
     """Pulls an image if it is missing (or ``always``), reporting progress to ``command``.
 
     Progress goes to ``command.debug`` as text lines, at most every ``interval`` seconds;
-    the start and the end of the pull to ``command.info``.
+    the start and the end of the pull to ``command.info``. ``present`` says whether the
+    image is on the engine, if the caller already looked (otherwise it is inspected).
 
     Returns
     -------
@@ -106,7 +109,8 @@ async def ensure_image(
     """
 
     node = engine.node
-    present = (await engine.inspect_image(ref)) is not None
+    if present is None:
+        present = (await engine.inspect_image(ref)) is not None
     if present and not always:
         return False
 
