@@ -16,9 +16,8 @@ later broadcasts write to a dead socket, and the loop's exception handler logs a
 - an exception in the data callback is logged in one line and the connection goes on;
 - whatever happens, the transport is forgotten and the disconnect callback is called.
 
-The callbacks get a `ClientTransport` for each client: the lines written to it during one
-iteration of the event loop leave in one ``send()`` (a ``talk`` to seven cameras writes a
-dozen lines at once), in the order they were written.
+The callbacks get a `ClientTransport` for each client: the lines written to it in a burst
+(one iteration of the event loop) leave in at most two ``send()`` calls, in order.
 """
 
 from __future__ import annotations
@@ -43,12 +42,13 @@ OverflowCallback = Callable[[Any, bytes, int], Any]
 
 
 class ClientTransport:
-    """A client's transport whose writes are joined until the event loop's next iteration.
+    """A client's transport that joins the lines written in one burst into one send.
 
     Every reply line is one ``write``; asyncio would make each a ``send()`` system call.
-    Here the lines written while the loop runs its current callbacks are joined and sent
-    once, in order, at the start of its next iteration (``call_soon``): no delay, fewer
-    system calls and TCP segments. `close` sends what is pending first.
+    Here the first write of an iteration of the event loop goes out at once (no added
+    delay), and the ones after it in the same iteration are joined and sent, in order, at
+    the start of the next iteration (``call_soon``): a ``talk`` to seven cameras writing a
+    dozen lines costs two sends. `close` sends what is pending first.
 
     The actor sets ``user_id`` (and CLU's ``multiline``) on it, as on a plain transport;
     ``user_id`` does not exist until then (CLU checks ``hasattr``).
@@ -59,23 +59,29 @@ class ClientTransport:
         The connection's `asyncio.Transport`.
     """
 
-    __slots__ = ("transport", "user_id", "multiline", "_pending", "_loop")
+    __slots__ = ("transport", "user_id", "multiline", "_pending", "_burst", "_loop")
 
     def __init__(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport
         self._pending: list[bytes] = []
+        self._burst = False  # Something was written in this iteration of the loop.
         self._loop = asyncio.get_running_loop()
 
     def write(self, data: bytes) -> None:
-        """Queues ``data``; it is sent at the start of the loop's next iteration."""
+        """Sends ``data`` now, or with the rest of this burst at the next iteration."""
 
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(data)
+        if self._burst:
+            self._pending.append(data)
+            return
+        self._burst = True
+        self._loop.call_soon(self.flush)
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
     def flush(self) -> None:
-        """Sends what is queued now."""
+        """Sends what is queued now; the next write starts a new burst."""
 
+        self._burst = False
         if not self._pending:
             return
         data = b"".join(self._pending)

@@ -27,18 +27,20 @@ class RecordingTransport:
         return ("127.0.0.1", 1234) if name == "peername" else default
 
 
-async def test_lines_of_one_iteration_are_one_write_in_order():
+async def test_first_line_at_once_the_rest_of_the_burst_in_one_write():
     raw = RecordingTransport()
     transport = ClientTransport(raw)  # type: ignore[arg-type]
-    for i in range(5):
-        transport.write(f"1 {i} i n={i}\n".encode())
-    assert raw.writes == []  # Nothing before the loop's next iteration.
+    lines = [f"1 {i} i n={i}\n".encode() for i in range(5)]
+    for line in lines:
+        transport.write(line)
+    assert raw.writes == [lines[0]]  # No delay for the first line of a burst.
     await asyncio.sleep(0)
-    assert raw.writes == [b"".join(f"1 {i} i n={i}\n".encode() for i in range(5))]
+    assert raw.writes == [lines[0], b"".join(lines[1:])]  # The rest, in order, in one write.
 
-    transport.write(b"1 9 : \n")
+    transport.write(b"1 9 : \n")  # A new iteration: a new burst, written at once.
+    assert raw.writes[-1] == b"1 9 : \n" and len(raw.writes) == 3
     await asyncio.sleep(0)
-    assert raw.writes[-1] == b"1 9 : \n" and len(raw.writes) == 2
+    assert len(raw.writes) == 3
 
 
 async def test_close_sends_pending_lines_first_and_closed_drops():
@@ -46,11 +48,12 @@ async def test_close_sends_pending_lines_first_and_closed_drops():
     transport = ClientTransport(raw)  # type: ignore[arg-type]
     transport.write(b"a\n")
     transport.write(b"b\n")
+    transport.write(b"c\n")
     transport.close()
-    assert raw.writes == [b"a\nb\n"] and raw.closed and transport.is_closing()
+    assert raw.writes == [b"a\n", b"b\nc\n"] and raw.closed and transport.is_closing()
     transport.write(b"late\n")
     await asyncio.sleep(0)
-    assert raw.writes == [b"a\nb\n"]  # Written to a closed connection: dropped.
+    assert raw.writes == [b"a\n", b"b\nc\n"]  # Written to a closed connection: dropped.
 
 
 async def test_user_id_absent_until_set_like_a_plain_transport():
