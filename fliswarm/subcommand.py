@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 
@@ -45,6 +45,7 @@ class SubCommand:
         "ok",
         "error",
         "filenames",
+        "_listeners",
     )
 
     def __init__(
@@ -58,6 +59,7 @@ class SubCommand:
         self.ok: bool | None = None
         self.error: str | None = None
         self.filenames: list[str] = []
+        self._listeners: list[Callable[[SubCommand], object]] | None = None
 
     @property
     def done(self) -> bool:
@@ -70,6 +72,23 @@ class SubCommand:
         if error is not None:
             self.error = error
         self.future.set_result(self)
+        listeners, self._listeners = self._listeners, None
+        for listener in listeners or ():
+            listener(self)
+
+    def add_listener(self, listener: Callable[[SubCommand], object]) -> None:
+        """Calls ``listener(self)`` as soon as the sub-command ends (at once if it has).
+
+        Unlike ``future.add_done_callback``, the call is not deferred to the next iteration
+        of the event loop.
+        """
+
+        if self.future.done():
+            listener(self)
+        elif self._listeners is None:
+            self._listeners = [listener]
+        else:
+            self._listeners.append(listener)
 
     async def wait(self, timeout: float | None = None) -> SubCommand:
         """Waits until the sub-command ends, at most ``timeout`` seconds (then it fails)."""
@@ -87,12 +106,37 @@ class SubCommand:
 async def wait_all(subs: Sequence[SubCommand], timeout: float | None = None) -> None:
     """Waits until every sub-command has ended, at most ``timeout`` seconds in all; those
     still running then fail as `SubCommand.wait` fails them. Never raises (but cancellation).
+
+    The waiting task wakes up in the loop iteration after the last sub-command ended (one
+    future, no intermediate callbacks).
     """
 
-    running = [sub.future for sub in subs if not sub.future.done()]
+    running = [sub for sub in subs if not sub.future.done()]
     if not running:
         return
-    await asyncio.wait(running, timeout=timeout)
+    loop = asyncio.get_running_loop()
+    all_done: asyncio.Future[None] = loop.create_future()
+    left = [len(running)]
+
+    def ended(sub: SubCommand) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            release()
+
+    def release() -> None:
+        if not all_done.done():
+            all_done.set_result(None)
+
+    for sub in running:
+        sub.add_listener(ended)
+    timer = None
+    if timeout is not None:
+        timer = loop.call_later(timeout, release)
+    try:
+        await all_done
+    finally:
+        if timer is not None:
+            timer.cancel()
     for sub in subs:
         if not sub.future.done():
             sub._finish(False, f"no answer from {sub.node} after {timeout:g} s.")
