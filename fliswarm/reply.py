@@ -11,6 +11,7 @@ command would remap) goes through the target's own ``write``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -254,7 +255,8 @@ def log_line(log: logging.Logger, level: int, message: str) -> None:
     When every handler the record would reach is a plain actor file log (a
     `~logging.handlers.TimedRotatingFileHandler` with sdsstools' `FileFormatter`), the line
     ``"{asctime} - {levelname} - {message}"`` is written to them directly, without building
-    and copying log records; otherwise the logger does it.
+    and copying log records, and flushed once per iteration of the event loop; otherwise the
+    logger does it.
     """
 
     handlers = _direct_handlers(log, level)
@@ -279,10 +281,38 @@ def log_line(log: logging.Logger, level: int, message: str) -> None:
                 handler.stream = handler._open()
             if handler.stream:
                 handler.stream.write(text + handler.terminator)
-                handler.flush()
+                _flush_soon(handler)
         except RecursionError:
             raise
         except Exception:
             handler.handleError(log.makeRecord(log.name, level, "", 0, message, (), None))
         finally:
             handler.release()
+
+
+_unflushed: set[logging.Handler] = set()  # Log files written in this loop iteration.
+
+
+def _flush_soon(handler: logging.Handler) -> None:
+    """Flushes ``handler`` at the end of this iteration of the event loop (at once if no loop
+    runs): a burst of reply lines costs one ``write()`` to the log file, not one per line."""
+
+    if handler in _unflushed:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        handler.flush()
+        return
+    _unflushed.add(handler)
+    loop.call_soon(_flush_all)
+
+
+def _flush_all() -> None:
+    handlers = list(_unflushed)
+    _unflushed.clear()
+    for handler in handlers:
+        try:
+            handler.flush()
+        except Exception:
+            handler.handleError(logging.makeLogRecord({"msg": "flushing the actor log failed"}))

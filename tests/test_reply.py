@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -317,3 +318,30 @@ def test_command_status_lines_take_the_fast_path(actor: Any):
             command.write("i", {"text": "x"})
     assert out == [[b"1 7 > \n", b"1 7 : \n"], []]
     assert lines == [(REPLY, "1 7 > "), (REPLY, "1 7 : ")]
+
+
+async def test_log_file_flushed_once_per_loop_iteration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(logging.root, "handlers", [])  # As in the actor (see above).
+    config = {"actor": {"name": "fliswarm", "host": "127.0.0.1", "port": 0}, "status_interval": 0}
+    actor = FLISwarmActor.from_config(config, log_dir=tmp_path)
+    try:
+        actor.transports = {1: Transport(1)}
+        [handler] = [h for h in actor.log.handlers if isinstance(h, TimedRotatingFileHandler)]
+        monkeypatch.setattr(actor.log, "propagate", True)
+        assert _direct_handlers(actor.log, REPLY) == [handler]
+        path = Path(handler.baseFilename)
+        command = talk_command(actor)
+        with mock.patch.object(handler, "flush", wraps=handler.flush) as flush:
+            for i in range(5):
+                write_reply(command, "i", {"n": ["gfa1", i]})
+            assert flush.call_count == 0
+            await asyncio.sleep(0)
+            assert flush.call_count == 1
+        assert [line.split(" - ", 2)[2] for line in log_lines(path)[-5:]] == [
+            f"1 7 i n=gfa1,{i}" for i in range(5)
+        ]
+    finally:
+        for handler in list(actor.log.handlers):
+            handler.close()
