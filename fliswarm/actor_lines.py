@@ -8,6 +8,7 @@ keyword-less ``>`` and ``:`` through `.reply.write_status`.
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 from typing import Any
@@ -17,7 +18,7 @@ from clu.command import Command, parse_legacy_command
 from clu.legacy import LegacyActor
 
 from fliswarm.fast_talk import parse_talk, run_talk
-from fliswarm.reply import same_output_as_clu, write_status
+from fliswarm.reply import log_line, same_output_as_clu, write_status
 
 
 __all__ = ["ActorLines"]
@@ -94,13 +95,25 @@ class ActorLines(LegacyActor):
             command_str = command_str.decode(errors="replace").encode()
         command_str = command_str.replace(b"\x00", b"")
         text = command_str.decode().strip()
-        if text:
-            try:
-                parse_legacy_command(text)
-            except CommandError:
-                self._fail_line(transport, text, f"Could not parse command {text[:200]!r}.")
-                return None
-        return super().new_command(transport, command_str)
+        if not text:
+            return None
+        try:
+            commander_id, command_id, body = parse_legacy_command(text)
+            command = Command(
+                command_string=body,
+                commander_id=commander_id or getattr(transport, "user_id", 0),
+                command_id=command_id,
+                consumer_id=self.name,
+                actor=self,
+                transport=transport,
+            )
+        except CommandError:
+            self._fail_line(transport, text, f"Could not parse command {text[:200]!r}.")
+            return None
+        # As CLU's new_command, logged the fast way (`.reply.log_line`).
+        ids = f"commander_id={commander_id!r}, command_id={command_id!r}"
+        log_line(self.log, logging.INFO, f"New command received: {body!r} ({ids})")
+        return self.parse_command(command)
 
     def parse_command(self, command: Any) -> Any:
         """Parses and runs a command; an unbalanced quote fails it instead of raising.

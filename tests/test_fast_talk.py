@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import tempfile
 from typing import Any
@@ -118,5 +119,56 @@ async def test_actor_runs_talk_without_click_and_the_same_replies():
         assert fast[0] == b"1 5 > \n" and fast[-1].startswith(b"1 5 f error=")
         assert b"nosuch: no such node" in b"".join(fast)
     finally:
+        for handler in list(actor.log.handlers):
+            handler.close()
+
+
+@pytest.mark.parametrize("line", [b"7 ping", b"tron.tron 8 ping", b"ping", b"9 talk -n x status"])
+async def test_new_command_logs_and_answers_as_clu(line: bytes):
+    """``new_command`` builds and logs the command itself: same log record, same replies."""
+
+    from clu.legacy.actor import BaseLegacyActor
+
+    class Records(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(level=logging.DEBUG)
+            self.lines: list[tuple[int, str]] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("New command"):
+                self.lines.append((record.levelno, record.getMessage()))
+
+    class Transport:
+        def __init__(self) -> None:
+            self.user_id = 1
+            self.data: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.data.append(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return default
+
+    config = {"actor": {"name": "fliswarm", "host": "127.0.0.1", "port": 0}, "status_interval": 0}
+    actor = FLISwarmActor.from_config(config, log_dir=tempfile.mkdtemp())
+    records = Records()
+    actor.log.addHandler(records)
+    transport = Transport()
+    actor.transports = {1: transport}
+    try:
+        results = []
+        for new_command in (BaseLegacyActor.new_command, FLISwarmActor.new_command):
+            command = new_command(actor, transport, line)
+            await asyncio.wait_for(command, 5)
+            results.append((list(records.lines), list(transport.data), command.commander_id))
+            records.lines.clear()
+            transport.data.clear()
+        assert results[0] == results[1]
+        assert len(results[0][0]) == 1 and results[0][0][0][0] == logging.INFO
+    finally:
+        actor.log.removeHandler(records)
         for handler in list(actor.log.handlers):
             handler.close()
