@@ -43,7 +43,7 @@ _ERROR_CODES = frozenset("fe!")
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 # Raw (JSON-escaped) sequences that need the slow, sanitising path: they would break the
 # line-based keyword format of the LegacyActor protocol.
-_UNSAFE = (b"\\n", b"\\r", b";", b"\\u")
+_UNSAFE = re.compile(rb"\\[nru]|;")  # \n, \r, \uXXXX or ;
 
 
 def relay_code(code: str) -> str:
@@ -357,7 +357,7 @@ class FlicameraDevice:
         if data:
             if sub is not None and code in _ERROR_CODES:
                 sub.error = _error_text(self.name, data) or sub.error
-            if any(unsafe in line for unsafe in _UNSAFE):
+            if _UNSAFE.search(line):
                 data = _sanitise(data)
             self._relay(out_code, data, sub)
 
