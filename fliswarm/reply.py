@@ -49,10 +49,10 @@ def format_value(value: Any) -> str:
     cls = value.__class__
     if cls is str:
         if " " in value and not (value.startswith("'") or value.startswith('"')):
-            return json.dumps(value)
+            return _quote(value)
         return value
     if cls is list or cls is tuple:
-        return ",".join([format_value(item) for item in value])
+        return _format_items(value)
     if cls is int or cls is float:
         return str(value)
     if value is True:
@@ -66,14 +66,36 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "T" if value else "F"
     if isinstance(value, (tuple, list)):
-        return ",".join([format_value(item) for item in value])
+        return _format_items(value)
     if isinstance(value, dict):
         values = list(value.values())
-        # CLU's depth > 1: some value is itself a dictionary.
-        if any(item.__class__ is dict or isinstance(item, dict) for item in values):
-            raise ValueError("Cannot format a dictionary with depth > 1.")
-        return format_value(values)
+        for item in values:  # CLU's depth > 1: some value is itself a dictionary.
+            if isinstance(item, dict):
+                raise ValueError("Cannot format a dictionary with depth > 1.")
+        return _format_items(values)
     return str(value)
+
+
+# What ``json.dumps`` does with a plain ``str`` (ensure_ascii), without its layers.
+_quote = json.encoder.encode_basestring_ascii
+
+
+def _format_items(items: Any) -> str:
+    """``",".join(format_value(item) for item in items)``, with plain strings and numbers
+    (most items) formatted inline."""
+
+    parts = []
+    for item in items:
+        cls = item.__class__
+        if cls is str:
+            if " " in item and not (item.startswith("'") or item.startswith('"')):
+                item = _quote(item)
+            parts.append(item)
+        elif cls is int or cls is float:
+            parts.append(str(item))
+        else:
+            parts.append(format_value(item))
+    return ",".join(parts)
 
 
 def format_keywords(message: dict[str, Any]) -> str:
