@@ -10,10 +10,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -123,24 +123,22 @@ def needs_runtime_wrapper() -> bool:
     return False
 
 
-_WRAPPER = """#!{python} -IS
+_WRAPPER = """#!/bin/sh
 # fliswarm test bed: drops CAP_SYS_RESOURCE (missing from this machine's bounding set) from
-# the OCI bundle so that privileged containers can start, then runs runc.
-import json, os, sys
-
-args = sys.argv[1:]
-if "--bundle" in args and args.index("--bundle") + 1 < len(args):
-    path = os.path.join(args[args.index("--bundle") + 1], "config.json")
-    with open(path) as f:
-        spec = json.load(f)
-    caps = (spec.get("process") or {{}}).get("capabilities") or {{}}
-    for key, value in caps.items():
-        if isinstance(value, list):
-            caps[key] = [c for c in value if c != "CAP_SYS_RESOURCE"]
-    with open(path + ".tmp", "w") as f:
-        json.dump(spec, f)
-    os.replace(path + ".tmp", path)
-os.execv({runc!r}, [{runc!r}] + args)
+# the OCI bundle so that privileged containers can start, then runs runc. A shell script:
+# runc is run several times per container, and a Python start each time cost CPU.
+bundle=
+previous=
+for arg in "$@"; do
+    if [ "$previous" = --bundle ]; then bundle=$arg; fi
+    previous=$arg
+done
+if [ -n "$bundle" ] && [ -f "$bundle/config.json" ]; then
+    sed -e 's/"CAP_SYS_RESOURCE",//g' -e 's/,"CAP_SYS_RESOURCE"//g' \\
+        -e 's/\\["CAP_SYS_RESOURCE"\\]/[]/g' "$bundle/config.json" > "$bundle/config.json.tmp" &&
+        mv "$bundle/config.json.tmp" "$bundle/config.json"
+fi
+exec {runc} "$@"
 """
 
 
@@ -150,7 +148,7 @@ def write_runtime_wrapper(path: str) -> None:
     runc = shutil.which("runc") or "/usr/sbin/runc"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
-        f.write(_WRAPPER.format(python=sys.executable, runc=runc))
+        f.write(_WRAPPER.format(runc=shlex.quote(runc)))
     os.chmod(path + ".tmp", 0o755)
     os.replace(path + ".tmp", path)
 
