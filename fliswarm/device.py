@@ -85,6 +85,65 @@ def _filename_of(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+class _ReplyStream(asyncio.Protocol):
+    """flicamera's side of the connection: splits what arrives into lines and hands each to
+    the device at once (no reader task to wake up for every piece of data).
+
+    A line longer than ``limit`` bytes is dropped (with one warning), whole or in pieces.
+    ``ended`` is resolved with the reason when the connection ends.
+    """
+
+    def __init__(self, device: FlicameraDevice, limit: int) -> None:
+        self.device: FlicameraDevice | None = device
+        self.limit = limit
+        self.transport: asyncio.Transport | None = None
+        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._buffer = bytearray()
+        self._discarding = False  # Inside a line too long: drop until its end.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = bytes(buffer[start : end + 1])
+            start = end + 1
+            if self._discarding or len(line) > self.limit:
+                self._drop()
+                self._discarding = False
+                continue
+            device = self.device
+            if device is None:  # Detached: the connection is being closed.
+                continue
+            try:
+                device.handle_line(line)
+            except Exception:
+                log.exception("%s: failed relaying %r", device.name, line[:200])
+        del buffer[:start]
+        if len(buffer) > self.limit:
+            self._drop()
+            self._discarding = True
+            buffer.clear()
+
+    def _drop(self) -> None:
+        if not self._discarding and self.device is not None:
+            log.warning("%s: dropped a reply line too long.", self.device.name)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            reason = "the connection to flicamera was closed by the remote end."
+        else:
+            reason = f"the connection to flicamera was lost ({exc})."
+        if not self.ended.done():
+            self.ended.set_result(reason)
+        device, self.device = self.device, None
+        if device is not None:
+            device._lost(self, reason)
+
+
 class FlicameraDevice:
     """One TCP connection to the flicamera actor of a node.
 
@@ -127,9 +186,7 @@ class FlicameraDevice:
         #: reply is never taken for another command's.
         self.running: dict[int, SubCommand] = {}
 
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._listener: asyncio.Task | None = None
+        self._stream: _ReplyStream | None = None
         self._lock = asyncio.Lock()
         self._stop_reason: str | None = None
         #: Why the last connection attempt or connection ended, if it did.
@@ -147,11 +204,12 @@ class FlicameraDevice:
     def is_connected(self) -> bool:
         """Whether the connection is open and its reader is alive."""
 
+        stream = self._stream
         return (
-            self._writer is not None
-            and not self._writer.is_closing()
-            and self._listener is not None
-            and not self._listener.done()
+            stream is not None
+            and stream.transport is not None
+            and not stream.transport.is_closing()
+            and not stream.ended.done()
         )
 
     async def start(self, timeout: float | None = None) -> FlicameraDevice:
@@ -168,9 +226,12 @@ class FlicameraDevice:
             if self.is_connected():
                 return self
             await self._close("reconnecting")
+            loop = asyncio.get_running_loop()
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port, limit=self.line_limit),
+                _, stream = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: _ReplyStream(self, self.line_limit), self.host, self.port
+                    ),
                     timeout,
                 )
             except asyncio.TimeoutError:
@@ -179,11 +240,11 @@ class FlicameraDevice:
             except OSError as err:
                 self.last_error = f"cannot connect to {self.host}:{self.port}: {err}"
                 raise ConnectionError(f"{self.name}: {self.last_error}") from None
-            set_keepalive(writer.get_extra_info("socket"))  # A dead node breaks it soon.
-            self._reader, self._writer = reader, writer
+            assert stream.transport is not None
+            set_keepalive(stream.transport.get_extra_info("socket"))  # A dead node breaks it.
+            self._stream = stream
             self.last_error = None
             self._stop_reason = None
-            self._listener = asyncio.create_task(self._listen(reader))
             log.debug("%s: connected to flicamera at %s:%s", self.name, self.host, self.port)
         return self
 
@@ -201,16 +262,13 @@ class FlicameraDevice:
 
     async def _close(self, reason: str) -> None:
         self._stop_reason = reason
-        listener, writer = self._listener, self._writer
-        self._listener = self._writer = self._reader = None
-        if listener is not None and not listener.done():
-            listener.cancel()
-            with contextlib.suppress(BaseException):
-                await listener
-        if writer is not None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.device = None  # What still arrives is not relayed; no "lost" report.
+            if stream.transport is not None:
+                stream.transport.close()
             with contextlib.suppress(Exception):
-                writer.close()
-                await asyncio.wait_for(writer.wait_closed(), 2.0)
+                await asyncio.wait_for(asyncio.shield(stream.ended), 2.0)
         self._fail_all(reason)
 
     def send(self, command_string: str, parent: BaseCommand | None = None) -> SubCommand:
@@ -231,13 +289,13 @@ class FlicameraDevice:
             raise ValueError(f"invalid flicamera command {command_string!r}.")
         if not self.is_connected():
             raise ConnectionError(f"{self.name}: flicamera is not connected.")
-        assert self._writer is not None
+        assert self._stream is not None and self._stream.transport is not None
 
         command_id = self.id_pool.get()
         sub = SubCommand(self.name, command_id, command_string, parent)
         self.running[command_id] = sub
         try:
-            self._writer.write(f"{command_id} {command_string}\n".encode())
+            self._stream.transport.write(f"{command_id} {command_string}\n".encode())
         except Exception as err:
             self._end(sub, False, f"{self.name}: failed sending the command: {err}")
             raise ConnectionError(sub.error) from err
@@ -278,42 +336,16 @@ class FlicameraDevice:
         for sub in list(self.running.values()):
             self._end(sub, False, f"{self.name}: {reason}")
 
-    async def _listen(self, reader: asyncio.StreamReader) -> None:
-        reason = "the connection to flicamera was closed by the remote end."
-        discarding = False
-        try:
-            while True:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.LimitOverrunError as err:
-                    # Drop the start of a line that is too long, then its end.
-                    await reader.readexactly(err.consumed)
-                    if not discarding:
-                        log.warning("%s: dropped a reply line too long.", self.name)
-                    discarding = True
-                    continue
-                except asyncio.IncompleteReadError:
-                    break
-                if discarding:
-                    discarding = False
-                    continue
-                try:
-                    self.handle_line(line)
-                except Exception:
-                    log.exception("%s: failed relaying %r", self.name, line[:200])
-        except asyncio.CancelledError:
-            raise
-        except (OSError, asyncio.IncompleteReadError) as err:
-            reason = f"the connection to flicamera was lost ({err})."
-        finally:
-            if self._listener is asyncio.current_task():
-                # The connection ended by itself (not by stop()).
-                self.last_error = reason
-                self._fail_all(reason)
-                if self._writer is not None:
-                    self._writer.close()
-                log.warning("%s: %s", self.name, reason)
-                self._notify_lost(reason)
+    def _lost(self, stream: _ReplyStream, reason: str) -> None:
+        """The connection ended by itself (not by `stop`): fail what runs, tell who listens."""
+
+        if self._stream is not stream:
+            return
+        self._stream = None
+        self.last_error = reason
+        self._fail_all(reason)
+        log.warning("%s: %s", self.name, reason)
+        self._notify_lost(reason)
 
     def _notify_lost(self, reason: str) -> None:
         for callback in list(self.lost_callbacks):
