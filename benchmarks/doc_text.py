@@ -71,17 +71,22 @@ CAVEATS = """\
 - The machine has few cores, and the bed's seven `dockerd`s, the registry, up to 50 flicamera
   processes and both actors share them (and other jobs may run at the same time): absolute
   figures are those of a small, busy machine; the ratios within one run are the comparison.
-- `reconnect --force` is bounded below by the flicamera containers themselves: seven Python
-  actors importing astropy at once take several seconds to listen on this machine, and with
-  cold pulls the 111 MiB image is pulled by every node from one registry at the same time. The
-  original waits a fixed 5 s after starting the containers; fliswarm connects as soon as each
-  flicamera accepts the connection.
-- CPU per relayed line: both actors relay through CLU's `LegacyActor` (command parsing with
-  click, reply formatting, and logging of every reply to the actor's log), which is most of
-  the cost per line in both; fliswarm's own part (decoding the JSON line, prefixing the node
-  name, tracking the sub-command) is small. The memory figure of the original grows because
-  CLU 2.6 keeps every command's click context (and so the command and its replies) on
-  click's global context stack; fliswarm pops it (`fliswarm.commands.FliswarmGroup`).
+- `reconnect --force` is bounded below by the flicamera containers themselves: each flicamera
+  imports astropy, photutils and CLU before it listens (about 1 s of CPU), and on this machine
+  all of them start at once on two cores; the note "Floor under `reconnect --force`" above
+  gives, from this run, the time the same flicamera processes take to listen when started
+  directly on the host with no Docker and no actor at all. No manager can go below it here (on
+  the real site each node has its own CPU). With cold pulls every node also pulls and unpacks
+  the 111 MiB image at once: the engines spend about 5 s of CPU per node unpacking and
+  checksumming, on the same two cores. The original waits a fixed 5 s after starting the
+  containers; fliswarm probes each flicamera's port every 40 ms and connects at once.
+- CPU per relayed line: what is left in fliswarm is mostly the system calls (one `send` per
+  camera command, the `recv`s of flicamera's three reply lines, the actor's `epoll`) and the
+  JSON decoding of each reply line; command parsing (plain `talk` lines skip click), reply
+  formatting, the actor log (flushed once per loop iteration) and the writes to the client
+  (joined per burst) were cut. The memory figure of the original grows because CLU 2.6 keeps
+  every command's click context (and so the command and its replies) on click's global
+  context stack; fliswarm pops it (`fliswarm.commands.FliswarmGroup`).
 - The original's `status` lists containers by "ancestor" image without the tag and so reports
   no container for the `:sim` image of the bed; it does the same Docker calls either way.
 """

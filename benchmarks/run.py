@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import floor  # noqa: E402
 import harness  # noqa: E402
 import report  # noqa: E402
 import scenarios  # noqa: E402
@@ -45,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scale", type=str, default=None, help="node counts of the scale scenario (5,10,20,50)"
     )
-    parser.add_argument("--only", type=str, default="", help="comma-separated: a,b,idle,scale")
+    parser.add_argument(
+        "--only", type=str, default="", help="comma-separated: a,b,floor,idle,scale"
+    )
     parser.add_argument("--instance", type=int, default=None, help="test bed instance")
     args = parser.parse_args(argv)
     args.nodes = args.nodes or (3 if args.smoke else 7)
@@ -57,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.only = {p.strip() for p in args.only.split(",") if p.strip()} or {
         "a",
         "b",
+        "floor",
         "idle",
         "scale",
     }
@@ -80,6 +84,8 @@ async def run(args: argparse.Namespace, bed: Testbed) -> tuple[Results, list[int
                 await scenarios.session_a(bench, kind)
             if "b" in args.only:
                 await scenarios.session_b(bench, kind)
+        if "floor" in args.only:
+            await floor.session_floor(bench)
     if "idle" in args.only:
         for kind in ("orig", "ours"):
             print(f"idle: {kind} ({args.idle:g} s)", flush=True)
@@ -90,6 +96,9 @@ async def run(args: argparse.Namespace, bed: Testbed) -> tuple[Results, list[int
 
         counts = await scale.run_scale(bench, args.scale_counts)
     await asyncio.to_thread(harness.clean_nodes, bed)
+    note = floor.floor_note(bench)
+    if note:
+        results.note(note)
     return results, counts
 
 

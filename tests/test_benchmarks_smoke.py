@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -55,3 +56,7 @@ def test_benchmarks_smoke(tmp_path: pathlib.Path) -> None:
         assert f"| {row} |" in page
     for key in ("nproc", "kernel", "dockerd", "aiodocker", "original"):
         assert f"| {key} |" in page
+    floor_note = r"note: (Floor under `reconnect --force`.*listen after [0-9.]+ s.*)"
+    floor = re.search(floor_note, proc.stdout)
+    assert floor is not None, proc.stdout[-3000:]
+    assert floor.group(1) in page
