@@ -31,6 +31,7 @@ _OPTIONS = {
     "-t": "timeout",
     "--timeout": "timeout",
 }
+_running: set[asyncio.Task[None]] = set()
 # Timeouts click's FloatRange(min=0, min_open=True) takes as they are: plain decimals.
 _PLAIN_NUMBER = re.compile(r"\d{1,9}(\.\d{0,9})?|\.\d{1,9}")
 
@@ -84,6 +85,8 @@ def run_talk(actor: Any, command: Any, params: dict[str, Any]) -> Any:
     task = asyncio.create_task(_run(actor, command, callback(command, actor.nodes, **params)))
     task._command_name = "talk"  # type: ignore[attr-defined]  # As CLU's tasks.
     task._date = time.time()  # type: ignore[attr-defined]
+    _running.add(task)  # The loop keeps only weak references to tasks.
+    task.add_done_callback(_running.discard)
     return command
 
 
