@@ -133,11 +133,16 @@ async def _reconnect(bench: Bench, kind: str, client: Client, key: str) -> None:
         error = next((kw.get("error") for _, kw in reversed(reply.lines) if "error" in kw), "?")
         bench.results.note(f"{kind}: `reconnect --force` ({key}) failed: {str(error)[:300]}")
         bench.say(f"  {kind} {key}: FAILED ({str(error)[:200]})")
-        for _ in range(3):
-            if (await client.command("reconnect --force", 900)).code == ":":
-                break
-        await wait_talking(client, bench.names, 180)
-        return
+        # Bring the cameras up for the next scenarios: a few more tries, each checked.
+        for attempt in range(5):
+            if (await client.command("reconnect --force", 900)).code != ":":
+                continue
+            try:
+                await wait_talking(client, bench.names, 120)
+                return
+            except TimeoutError as err:
+                bench.say(f"  {kind} {key}: retry {attempt + 1}: {err}")
+        raise RuntimeError(f"{kind}: the cameras never answered after `reconnect --force`.")
     bench.results.add(f"{key}.cmd", kind, reply.seconds)
     ready = await wait_talking(client, bench.names, 180)
     bench.results.add(f"{key}.ready", kind, ready - start)
