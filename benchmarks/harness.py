@@ -240,6 +240,24 @@ def remove_image(bed: Testbed, reference: str) -> None:
     bed._parallel(one)
 
 
+def pull_image(bed: Testbed, reference: str, timeout: float = 600.0) -> None:
+    """Pulls the image on every live node through the engine API (whoever's pull failed)."""
+
+    import urllib.parse
+
+    name, _, tag = reference.rpartition(":")
+    if not name or "/" in tag:  # No tag (the colon was the registry's port).
+        name, tag = reference, "latest"
+    query = urllib.parse.urlencode({"fromImage": name, "tag": tag})
+
+    def one(node: Any) -> None:
+        status, body = _http(node.addr, f"/images/create?{query}", "POST", timeout=timeout)
+        if status != 200 or b'"error"' in body:
+            raise RuntimeError(f"{node.name}: cannot pull {reference}: {status} {body[-300:]!r}")
+
+    bed._parallel(one)
+
+
 def running_flicameras(bed: Testbed, node_name: str) -> list[str]:
     addr = bed.node(node_name).addr
     _, body = _http(addr, "/containers/json")

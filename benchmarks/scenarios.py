@@ -133,9 +133,14 @@ async def _reconnect(bench: Bench, kind: str, client: Client, key: str) -> None:
         error = next((kw.get("error") for _, kw in reversed(reply.lines) if "error" in kw), "?")
         bench.results.note(f"{kind}: `reconnect --force` ({key}) failed: {str(error)[:300]}")
         bench.say(f"  {kind} {key}: FAILED ({str(error)[:200]})")
-        # Bring the cameras up for the next scenarios: a few more tries, each checked.
+        # Bring the cameras up for the next scenarios: the image pulled by the harness (the
+        # original's docker client gives up on a pull that stalls 3 s), then a few more tries.
+        await asyncio.to_thread(harness.pull_image, bench.bed, bench.image)
         for attempt in range(5):
-            if (await client.command("reconnect --force", 900)).code != ":":
+            retry = await client.command("reconnect --force", 900)
+            if retry.code != ":":
+                bench.say(f"  {kind} {key}: retry {attempt + 1} failed: {retry.lines[-1:]}")
+                await asyncio.sleep(2.0)
                 continue
             try:
                 await wait_talking(client, bench.names, 120)
