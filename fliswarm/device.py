@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from fliswarm.device_stream import ReplyStream
 from fliswarm.reply import write_reply
 from fliswarm.subcommand import SubCommand
 from fliswarm.supervision.events import set_keepalive
@@ -85,65 +86,6 @@ def _filename_of(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class _ReplyStream(asyncio.Protocol):
-    """flicamera's side of the connection: splits what arrives into lines and hands each to
-    the device at once (no reader task to wake up for every piece of data).
-
-    A line longer than ``limit`` bytes is dropped (with one warning), whole or in pieces.
-    ``ended`` is resolved with the reason when the connection ends.
-    """
-
-    def __init__(self, device: FlicameraDevice, limit: int) -> None:
-        self.device: FlicameraDevice | None = device
-        self.limit = limit
-        self.transport: asyncio.Transport | None = None
-        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._buffer = bytearray()
-        self._discarding = False  # Inside a line too long: drop until its end.
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        while (end := buffer.find(b"\n", start)) >= 0:
-            line = bytes(buffer[start : end + 1])
-            start = end + 1
-            if self._discarding or len(line) > self.limit:
-                self._drop()
-                self._discarding = False
-                continue
-            device = self.device
-            if device is None:  # Detached: the connection is being closed.
-                continue
-            try:
-                device.handle_line(line)
-            except Exception:
-                log.exception("%s: failed relaying %r", device.name, line[:200])
-        del buffer[:start]
-        if len(buffer) > self.limit:
-            self._drop()
-            self._discarding = True
-            buffer.clear()
-
-    def _drop(self) -> None:
-        if not self._discarding and self.device is not None:
-            log.warning("%s: dropped a reply line too long.", self.device.name)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is None:
-            reason = "the connection to flicamera was closed by the remote end."
-        else:
-            reason = f"the connection to flicamera was lost ({exc})."
-        if not self.ended.done():
-            self.ended.set_result(reason)
-        device, self.device = self.device, None
-        if device is not None:
-            device._lost(self, reason)
-
-
 class FlicameraDevice:
     """One TCP connection to the flicamera actor of a node.
 
@@ -186,7 +128,7 @@ class FlicameraDevice:
         #: reply is never taken for another command's.
         self.running: dict[int, SubCommand] = {}
 
-        self._stream: _ReplyStream | None = None
+        self._stream: ReplyStream | None = None
         self._lock = asyncio.Lock()
         self._stop_reason: str | None = None
         #: Why the last connection attempt or connection ended, if it did.
@@ -230,7 +172,7 @@ class FlicameraDevice:
             try:
                 _, stream = await asyncio.wait_for(
                     loop.create_connection(
-                        lambda: _ReplyStream(self, self.line_limit), self.host, self.port
+                        lambda: ReplyStream(self, self.line_limit), self.host, self.port
                     ),
                     timeout,
                 )
@@ -336,7 +278,7 @@ class FlicameraDevice:
         for sub in list(self.running.values()):
             self._end(sub, False, f"{self.name}: {reason}")
 
-    def _lost(self, stream: _ReplyStream, reason: str) -> None:
+    def _lost(self, stream: ReplyStream, reason: str) -> None:
         """The connection ended by itself (not by `stop`): fail what runs, tell who listens."""
 
         if self._stream is not stream:
