@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import socket
 import struct
 import time
@@ -299,9 +300,15 @@ async def _burst_of_vanishing_clients(port: int, n: int = 40) -> None:
     await asyncio.sleep(1)
 
 
-@pytest.mark.parametrize("kind", ["clu", "fliswarm"])
+# The trap is that of CLU 2.6 (the version fliswarm's SafeStreamServer works around): the
+# plain-CLU case is only run against it. With another CLU, check whether it still leaks
+# before adding it here; if it does not, SafeStreamServer could be dropped.
+_LEAKY_CLU = importlib.metadata.version("sdss-clu").startswith("2.6.")
+
+
+@pytest.mark.parametrize("kind", ["clu", "fliswarm"] if _LEAKY_CLU else ["fliswarm"])
 async def test_vanishing_clients_leak_only_with_clu_server(tmp_path: Path, kind: str):
-    """The CLU trap, and its fix: a plain LegacyActor leaks, FLISwarmActor does not."""
+    """The CLU trap, and its fix: a plain LegacyActor (CLU 2.6) leaks, FLISwarmActor does not."""
 
     from clu.legacy import LegacyActor
 
@@ -335,7 +342,5 @@ async def test_vanishing_clients_leak_only_with_clu_server(tmp_path: Path, kind:
         text = "".join(logs)
         assert "Traceback" not in text
         return
-    if leaked == (0, 0):
-        pytest.skip("this CLU version no longer leaks: SafeStreamServer could be dropped.")
     assert leaked[0] == leaked[1] > 0
     assert any(isinstance(err, BrokenPipeError) for err in handler_errors)

@@ -1,7 +1,8 @@
-"""Unit tests of the fast paths of ``reconnect``: waiting for flicamera's port, the engine
+"""Tests of the fast paths of ``reconnect``: waiting for flicamera's port, the engine
 check without an ICMP ping, the USB-bus memo, volume re-creation without the scratch check.
 
-No Docker here: a loopback listener stands in for flicamera, small fakes for the engine.
+The port wait runs against a real loopback listener; the engine paths run on the real test
+bed (its engines have no USB bus), with the engine calls recorded, not replaced.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import pytest
 
 from fliswarm.commands import reconnect as rc
 from fliswarm.device import FlicameraDevice
-from fliswarm.exceptions import DockerAPIError, NodeUnreachableError
+from fliswarm.exceptions import NodeUnreachableError
 from fliswarm.launch import UsbMemo, create_and_start
 from fliswarm.node import Node
+from fliswarm.testbed.fixtures import TEST_PREFIX
 from fliswarm.tools import FakeCommand
 from fliswarm.volumes import create_volume, same_definition
 
@@ -27,52 +29,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-class _Engine:
-    """Records calls; answers like an engine with a running container."""
-
-    node = "gfa1"
-
-    def __init__(self, volume: dict[str, Any] | None = None) -> None:
-        self.calls: list[str] = []
-        self.volume = volume
-
-    async def inspect_container(self, name: str) -> dict[str, Any]:
-        self.calls.append("inspect_container")
-        return {"State": {"Running": True}}
-
-    async def create_container(self, name: str, body: dict[str, Any]) -> str:
-        self.calls.append("create_container")
-        bus = [m["Source"] for m in body["HostConfig"]["Mounts"] if m["Type"] == "bind"]
-        if bus:
-            raise DockerAPIError(self.node, 400, f"bind source path does not exist: {bus[0]}")
-        return "c" * 64
-
-    async def start_container(self, cid: str) -> None:
-        self.calls.append("start_container")
-
-    async def inspect_volume(self, name: str) -> dict[str, Any] | None:
-        self.calls.append("inspect_volume")
-        return self.volume
-
-    async def info(self) -> dict[str, Any]:
-        self.calls.append("info")
-        return {"Plugins": {"Volume": ["local"]}}
-
-    async def list_containers(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
-        self.calls.append("list_containers")
-        return []
-
-    async def create_volume(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append("create_volume:" + body["Name"].split("-")[0])
-        return {"Name": body["Name"], "Driver": body["Driver"], "Options": body["DriverOpts"]}
-
-    async def remove_volume(self, name: str) -> None:
-        self.calls.append("remove_volume:" + name.split("-")[0])
-
-
 class _Node:
-    def __init__(self) -> None:
-        self.engine = _Engine()
+    """The node argument of ``wait_device_ready`` (only read when flicamera is not ready)."""
+
+    engine = None
 
 
 async def test_wait_device_ready_connects_soon_after_listen():
@@ -110,53 +70,85 @@ async def test_wait_device_ready_times_out_with_reason():
         await rc.wait_device_ready(device, _Node(), "flicamera-gfa1", 0.3)  # type: ignore[arg-type]
 
 
-async def test_connect_skips_icmp_when_engine_answers(monkeypatch):
-    node = Node("gfa1", "127.0.0.1")
-    pings: list[float | None] = []
-
-    async def ping(timeout: float | None = None) -> bool:
-        pings.append(timeout)
-        return False
-
-    async def alive() -> bool:
-        return True
-
-    monkeypatch.setattr(node, "ping", ping)
-    monkeypatch.setattr(node, "client_alive", alive)
-    await node.connect()
-    assert pings == []
-
-    async def dead() -> bool:
-        return False
-
-    monkeypatch.setattr(node, "client_alive", dead)
-    with pytest.raises(NodeUnreachableError, match="does not answer ping"):
-        await node.connect()
-    assert len(pings) == 1
+def _node(bed: Any, name: str) -> Node:
+    spec = bed.node(name)
+    return Node(
+        name,
+        spec.addr,
+        daemon_addr=spec.docker_url,
+        connect_timeout=1.5,
+        request_timeout=10,
+        ping_timeout=1.0,
+    )
 
 
-async def test_usb_memo_saves_the_refused_create():
-    engine = _Engine()
-    memo = UsbMemo()
+def _spy(monkeypatch: pytest.MonkeyPatch, obj: Any, method: str, calls: list[str]) -> None:
+    """Records each call of ``obj.method`` (by name) and runs the real one."""
+
+    real = getattr(obj, method)
+
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
+        calls.append(method)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, method, recorded)
+
+
+@pytest.mark.root
+@pytest.mark.testbed
+async def test_connect_pings_only_when_the_engine_does_not_answer(
+    testbed: Any, testbed_faults: Any, monkeypatch: pytest.MonkeyPatch
+):
+    name = testbed.nodes[-1].name
+    node = _node(testbed, name)
+    pings: list[str] = []
+    _spy(monkeypatch, node, "ping", pings)
+    try:
+        await node.connect()  # The engine answers: no ICMP ping.
+        assert pings == []
+        await testbed_faults.power_off(name)
+        with pytest.raises(NodeUnreachableError, match="does not answer ping"):
+            await node.connect()
+        assert pings == ["ping"]
+    finally:
+        await node.close()
+
+
+@pytest.mark.root
+@pytest.mark.testbed
+async def test_usb_memo_saves_the_refused_create(
+    testbed: Any, testbed_clean: Any, testbed_busybox: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The bed's engines have no /dev/bus/usb: the first create with the bus is refused,
+    the memo sends the next one straight without it."""
+
+    node = _node(testbed, testbed.nodes[0].name)
+    engine, memo, calls = node.engine, UsbMemo(), []
+    for method in ("create_container", "start_container"):
+        _spy(monkeypatch, engine, method, calls)
+    name = f"{TEST_PREFIX}-usb-memo"
     config = {
-        "name": "flicamera-gfa1",
-        "image": "img",
+        "name": name,
+        "image": testbed_busybox,
         "mounts": {},
-        "privileged": True,
+        "privileged": False,
         "envs": {},
         "ports": {},
         "network": "host",
         "user": "",
-        "cmd": None,
+        "cmd": ["sleep", "30"],
     }
-    for _ in range(2):
-        command = FakeCommand()
-        await create_and_start(engine, "flicamera-gfa1", config, "/dev/bus/usb", command, memo)  # type: ignore[arg-type]
-    assert engine.calls == [
-        "create_container",  # with the bus: refused
+    try:
+        for _ in range(2):
+            cid = await create_and_start(engine, name, config, "/dev/bus/usb", FakeCommand(), memo)
+            await engine.remove_container(cid)
+    finally:
+        await node.close()
+    assert calls == [
+        "create_container",  # With the bus: refused by the engine.
         "create_container",
         "start_container",
-        "create_container",  # the memo: straight without the bus
+        "create_container",  # The memo: straight without the bus.
         "start_container",
     ]
     assert memo.missing("/dev/bus/usb") and not memo.missing("/dev/other")
@@ -164,31 +156,42 @@ async def test_usb_memo_saves_the_refused_create():
     assert not memo.missing("/dev/bus/usb")
 
 
-async def test_force_volume_same_definition_skips_the_scratch_check():
-    opts = {"type": "none", "o": "bind", "device": "/srv/data"}
-    existing = {"Name": "data", "Driver": "local", "Options": dict(opts)}
-    engine = _Engine(existing)
-    volume = await create_volume(engine, "data", "local", opts, True, FakeCommand())  # type: ignore[arg-type]
-    assert volume["Options"]["device"] == "/srv/data"
-    assert engine.calls == [
-        "inspect_volume",
-        "list_containers",
-        "remove_volume:data",
-        "create_volume:data",
-    ]
+@pytest.mark.root
+@pytest.mark.testbed
+async def test_force_volume_same_definition_skips_the_scratch_check(
+    testbed: Any, testbed_clean: Any, monkeypatch: pytest.MonkeyPatch
+):
+    node = _node(testbed, testbed.nodes[0].name)
+    engine, calls = node.engine, []
+    for method in ("inspect_volume", "info", "list_containers", "create_volume", "remove_volume"):
+        _spy(monkeypatch, engine, method, calls)
+    name = f"{TEST_PREFIX}-volume"
+    opts = {"type": "tmpfs", "device": "tmpfs", "o": "size=1m"}
+    try:
+        await create_volume(engine, name, "local", opts, False, FakeCommand())
+        calls.clear()
+        volume = await create_volume(engine, name, "local", opts, True, FakeCommand())
+        assert volume["Options"] == opts
+        assert calls == ["inspect_volume", "list_containers", "remove_volume", "create_volume"]
 
-    # Other options: the driver and the new options are tried first.
-    engine = _Engine(dict(existing, Options={"type": "tmpfs", "device": "tmpfs"}))
-    await create_volume(engine, "data", "local", opts, True, FakeCommand())  # type: ignore[arg-type]
-    assert engine.calls == [
-        "inspect_volume",
-        "info",
-        "list_containers",
-        "create_volume:fliswarm",
-        "remove_volume:fliswarm",
-        "remove_volume:data",
-        "create_volume:data",
-    ]
+        # Other options: the driver and the new options are tried first (scratch volume).
+        calls.clear()
+        other = dict(opts, o="size=2m")
+        volume = await create_volume(engine, name, "local", other, True, FakeCommand())
+        assert volume["Options"] == other
+        assert calls == [
+            "inspect_volume",
+            "info",
+            "list_containers",
+            "create_volume",
+            "remove_volume",
+            "remove_volume",
+            "create_volume",
+        ]
+        await engine.remove_volume(name)
+    finally:
+        await node.close()
+    existing = {"Name": name, "Driver": "local", "Options": opts}
     assert not same_definition(
         dict(existing, Driver="nfs"), {"Driver": "local", "DriverOpts": opts}
     )
