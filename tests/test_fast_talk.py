@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-import tempfile
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import click
 import pytest
+from clu.legacy.actor import BaseLegacyActor
+from helpers_inprocess import UserTransport, offline_actor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,30 +85,14 @@ def test_anything_else_goes_to_click(body: str):
     assert parse_talk(body) is None
 
 
-async def test_actor_runs_talk_without_click_and_the_same_replies():
+async def test_actor_runs_talk_without_click_and_the_same_replies(tmp_path: Path):
     """A plain talk line never reaches click; the same line through click (fast path off)
     writes the same lines."""
 
-    class Transport:
-        def __init__(self) -> None:
-            self.user_id = 1
-            self.data: list[bytes] = []
-
-        def write(self, data: bytes) -> None:
-            self.data.append(data)
-
-        def is_closing(self) -> bool:
-            return False
-
-        def get_extra_info(self, name: str, default: Any = None) -> Any:
-            return default
-
-    config = {"actor": {"name": "fliswarm", "host": "127.0.0.1", "port": 0}, "status_interval": 0}
-    actor = FLISwarmActor.from_config(config, log_dir=tempfile.mkdtemp())
-    transport = Transport()
-    actor.transports = {1: transport}
+    transport = UserTransport()
     line = b"5 talk -n nosuch,gfa9 -t 3 status"
-    try:
+    with offline_actor(tmp_path) as actor:
+        actor.transports = {1: transport}
         with mock.patch.object(click.Command, "make_context", side_effect=AssertionError):
             command = actor.new_command(transport, line)
             await asyncio.wait_for(command, 5)
@@ -115,19 +101,14 @@ async def test_actor_runs_talk_without_click_and_the_same_replies():
         with mock.patch("fliswarm.actor_lines.parse_talk", return_value=None):
             command = actor.new_command(transport, line)
             await asyncio.wait_for(command, 5)
-        assert transport.data == fast
-        assert fast[0] == b"1 5 > \n" and fast[-1].startswith(b"1 5 f error=")
-        assert b"nosuch: no such node" in b"".join(fast)
-    finally:
-        for handler in list(actor.log.handlers):
-            handler.close()
+    assert transport.data == fast
+    assert fast[0] == b"1 5 > \n" and fast[-1].startswith(b"1 5 f error=")
+    assert b"nosuch: no such node" in b"".join(fast)
 
 
 @pytest.mark.parametrize("line", [b"7 ping", b"tron.tron 8 ping", b"ping", b"9 talk -n x status"])
-async def test_new_command_logs_and_answers_as_clu(line: bytes):
+async def test_new_command_logs_and_answers_as_clu(tmp_path: Path, line: bytes):
     """``new_command`` builds and logs the command itself: same log record, same replies."""
-
-    from clu.legacy.actor import BaseLegacyActor
 
     class Records(logging.Handler):
         def __init__(self) -> None:
@@ -138,27 +119,10 @@ async def test_new_command_logs_and_answers_as_clu(line: bytes):
             if record.getMessage().startswith("New command"):
                 self.lines.append((record.levelno, record.getMessage()))
 
-    class Transport:
-        def __init__(self) -> None:
-            self.user_id = 1
-            self.data: list[bytes] = []
-
-        def write(self, data: bytes) -> None:
-            self.data.append(data)
-
-        def is_closing(self) -> bool:
-            return False
-
-        def get_extra_info(self, name: str, default: Any = None) -> Any:
-            return default
-
-    config = {"actor": {"name": "fliswarm", "host": "127.0.0.1", "port": 0}, "status_interval": 0}
-    actor = FLISwarmActor.from_config(config, log_dir=tempfile.mkdtemp())
-    records = Records()
-    actor.log.addHandler(records)
-    transport = Transport()
-    actor.transports = {1: transport}
-    try:
+    records, transport = Records(), UserTransport()
+    with offline_actor(tmp_path) as actor:
+        actor.log.addHandler(records)
+        actor.transports = {1: transport}
         results = []
         for new_command in (BaseLegacyActor.new_command, FLISwarmActor.new_command):
             command = new_command(actor, transport, line)
@@ -166,9 +130,6 @@ async def test_new_command_logs_and_answers_as_clu(line: bytes):
             results.append((list(records.lines), list(transport.data), command.commander_id))
             records.lines.clear()
             transport.data.clear()
-        assert results[0] == results[1]
-        assert len(results[0][0]) == 1 and results[0][0][0][0] == logging.INFO
-    finally:
         actor.log.removeHandler(records)
-        for handler in list(actor.log.handlers):
-            handler.close()
+    assert results[0] == results[1]
+    assert len(results[0][0]) == 1 and results[0][0][0][0] == logging.INFO

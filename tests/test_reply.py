@@ -17,6 +17,7 @@ from clu.base import MessageCode
 from clu.command import Command
 from clu.legacy.actor import BaseLegacyActor
 from clu.tools import REPLY
+from helpers_inprocess import UserTransport as Transport
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,20 +100,6 @@ def test_too_deep_dict_fails_like_clu():
 @given(json_values)
 def test_format_value_matches_clu_fuzzed(value: Any):
     assert ours(value) == clu_format(value)
-
-
-class Transport:
-    """Collects what the actor writes to one user (stands for an asyncio transport)."""
-
-    def __init__(self, user_id: int) -> None:
-        self.user_id = user_id
-        self.data: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.data.append(data)
-
-    def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 1)
 
 
 class Records(logging.Handler):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from clu.command import Command
+from helpers_inprocess import UserTransport as Transport
 
 from fliswarm.actor import FLISwarmActor
 from fliswarm.containers import LABEL_MANAGED, LABEL_NODE
@@ -133,20 +134,6 @@ async def test_lists_not_answering_fall_back_to_the_probe():
     infos = [m for code, m in command.messages if code == "i"]
     assert infos == [{"node": ["a", "127.0.0.1", "tcp://127.0.0.1:2375", True, False]}]
     assert not [m for code, m in command.messages if code == "d"]
-
-
-class Transport:
-    """Collects what the actor writes to one user."""
-
-    def __init__(self, user_id: int) -> None:
-        self.user_id = user_id
-        self.data: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.data.append(data)
-
-    def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 1)
 
 
 def test_status_writer_same_lines_and_model_as_clu(tmp_path: Path):
