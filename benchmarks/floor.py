@@ -21,6 +21,7 @@ import harness
 from scenarios import Bench
 
 from fliswarm.testbed.image import start_flicamera_on_host
+from fliswarm.testbed.procs import stop_subprocesses
 
 
 __all__ = ["session_floor", "floor_note"]
@@ -56,15 +57,7 @@ async def start_all(count: int, timeout: float = 120.0) -> float:
             ready = await asyncio.gather(*[_listening(port, deadline) for port in ports])
             return max(ready) - start
         finally:
-            for proc in procs:
-                if proc.returncode is None:
-                    proc.terminate()
-            for proc in procs:
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except asyncio.TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_subprocesses(procs)
 
 
 async def session_floor(bench: Bench) -> None:

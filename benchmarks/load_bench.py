@@ -37,6 +37,7 @@ from clu.command import Command
 from fliswarm.actor import FLISwarmActor
 from fliswarm.config import load_config
 from fliswarm.testbed.image import start_flicamera_on_host, wait_flicamera_ready
+from fliswarm.testbed.procs import stop_subprocesses
 
 
 __all__ = ["run_load", "LoadResult", "Round"]
@@ -277,15 +278,7 @@ async def run_load(
                 for handler in list(actor.log.handlers):
                     if isinstance(handler, logging.FileHandler):
                         handler.close()
-            for proc in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-            for proc in procs:
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except asyncio.TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_subprocesses(procs)
 
 
 def main() -> None:

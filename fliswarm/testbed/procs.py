@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -9,12 +10,13 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 
 __all__ = [
     "CGROUP2_ROOT",
     "spawn",
+    "stop_subprocesses",
     "reap_children",
     "process_alive",
     "cgroup_pids",
@@ -55,6 +57,25 @@ def spawn(argv: list[str], log_path: str) -> int:
         )
     _children[proc.pid] = proc
     return proc.pid
+
+
+async def stop_subprocesses(
+    procs: Iterable[asyncio.subprocess.Process], grace: float = 10.0
+) -> None:
+    """Terminates asyncio subprocesses, waits ``grace`` seconds for each, then kills."""
+
+    procs = list(procs)
+    for proc in procs:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+    for proc in procs:
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
 
 
 def reap_children() -> None:
