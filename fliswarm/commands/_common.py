@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-from fliswarm.status import EngineShare, StatusWriter
+from fliswarm.status import StatusWriter
+from fliswarm.status_engine import by_engine, report_engine
 from fliswarm.supervision.desired import container_spec, container_user
 from fliswarm.tools import select_nodes, split_names
 
@@ -26,7 +27,8 @@ __all__ = [
     "choose_nodes",
     "container_user",
     "container_spec",
-    "report_node",
+    "report_devices",
+    "report_engine_nodes",
     "report_nodes",
     "enabled_names",
     "status_limit",
@@ -70,42 +72,37 @@ def status_limit(actor: FLISwarmActor) -> float:
     return max(ping, connect) + request + 1.0
 
 
-async def report_node(
-    command: FLISwarmCommand, node: Node, share: EngineShare | None = None
-) -> dict[str, Any] | None:
-    """Reports one node (`.Node.report_status`) and its flicamera connection.
+def report_devices(command: FLISwarmCommand, out: StatusWriter, nodes: list[Node]) -> None:
+    """The ``device`` keyword (flicamera connection) of each node that has a device."""
 
-    Never raises and never takes longer than `status_limit`; returns the report, or `None`
-    if the node could not be reported. ``share`` shares the engine calls with the other
-    nodes of the same report (`fliswarm.status.EngineShare`).
-    """
+    flicameras = command.actor.flicameras
+    for node in nodes:
+        device = flicameras.get(node.name)
+        if device is not None:
+            out.info(device=[node.name, device.is_connected(), device.host, device.port])
+
+
+async def report_engine_nodes(command: FLISwarmCommand, nodes: list[Node]) -> None:
+    """Reports the nodes of one Docker engine (`.report_engine`), never raising, within
+    `status_limit`, then their flicamera connections."""
 
     actor = command.actor
-    device = actor.flicameras.get(node.name)
-    result: dict[str, Any] | None = None
+    limit = status_limit(actor)
+    names = [actor.get_container_name(node) for node in nodes]
     try:
-        result = await asyncio.wait_for(
-            node.report_status(
-                command, container_name=actor.get_container_name(node), share=share
-            ),
-            status_limit(actor),
-        )
+        await asyncio.wait_for(report_engine(command, nodes, names), limit)
     except asyncio.TimeoutError:
-        command.warning(text=f"{node.name}: no status within {status_limit(actor):g} s.")
+        for node in nodes:
+            command.warning(text=f"{node.name}: no status within {limit:g} s.")
     except Exception as err:
-        command.warning(text=f"{node.name}: cannot get the status: {err}")
-    if device is not None:
-        StatusWriter(command).info(
-            device=[node.name, device.is_connected(), device.host, device.port]
-        )
-    return result
+        for node in nodes:
+            command.warning(text=f"{node.name}: cannot get the status: {err}")
+    report_devices(command, StatusWriter(command), nodes)
 
 
-async def report_nodes(command: FLISwarmCommand, nodes: Iterable[Node]) -> list[Any]:
-    """Reports several nodes concurrently (a dead node does not delay the others)."""
+async def report_nodes(command: FLISwarmCommand, nodes: Iterable[Node]) -> None:
+    """Reports several nodes as ``status`` does: the nodes of one Docker engine together,
+    all engines at once (a dead node does not delay the others)."""
 
-    share = EngineShare()
-    try:
-        return list(await asyncio.gather(*[report_node(command, node, share) for node in nodes]))
-    finally:
-        share.close()
+    groups = by_engine(list(nodes))
+    await asyncio.gather(*[report_engine_nodes(command, group) for group in groups])

@@ -6,45 +6,16 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from fliswarm.commands import parser
-from fliswarm.commands._common import enabled_names, status_limit
+from fliswarm.commands._common import enabled_names, report_devices, report_engine_nodes
 from fliswarm.status import StatusWriter
-from fliswarm.status_engine import by_engine, report_engine
+from fliswarm.status_engine import by_engine
 
 
 if TYPE_CHECKING:
     from fliswarm.commands import FLISwarmCommand, NodesType
-    from fliswarm.node import Node
 
 
 __all__ = ["status"]
-
-
-def _devices(command: FLISwarmCommand, out: StatusWriter, nodes: list[Node]) -> None:
-    """The ``device`` keyword (flicamera connection) of each node that has a device."""
-
-    flicameras = command.actor.flicameras
-    for node in nodes:
-        device = flicameras.get(node.name)
-        if device is not None:
-            out.info(device=[node.name, device.is_connected(), device.host, device.port])
-
-
-async def _report_engine(command: FLISwarmCommand, nodes: list[Node]) -> None:
-    """The nodes of one Docker engine (`.report_engine`), never raising, within
-    `status_limit`, then their flicamera connections."""
-
-    actor = command.actor
-    limit = status_limit(actor)
-    names = [actor.get_container_name(node) for node in nodes]
-    try:
-        await asyncio.wait_for(report_engine(command, nodes, names), limit)
-    except asyncio.TimeoutError:
-        for node in nodes:
-            command.warning(text=f"{node.name}: no status within {limit:g} s.")
-    except Exception as err:
-        for node in nodes:
-            command.warning(text=f"{node.name}: cannot get the status: {err}")
-    _devices(command, StatusWriter(command), nodes)
 
 
 @parser.command()
@@ -72,8 +43,8 @@ async def status(command: FLISwarmCommand, nodes: NodesType):
             reason = supervisor.state(name).reason
             out.warning(text=f"{name}: offline ({reason}).")
             out.info(node=[name, node.addr, node.daemon_addr, False, False])
-            _devices(command, out, [node])
+            report_devices(command, out, [node])
         else:
             probed.append(node)
-    await asyncio.gather(*[_report_engine(command, group) for group in by_engine(probed)])
+    await asyncio.gather(*[report_engine_nodes(command, group) for group in by_engine(probed)])
     return command.finish()
