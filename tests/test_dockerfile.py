@@ -183,6 +183,25 @@ async def wait_healthy(container: Any, timeout: float) -> dict[str, Any]:
         await asyncio.sleep(0.5)
 
 
+async def build(docker: aiodocker.Docker, context: bytes) -> None:
+    """Builds the image; a failed build fails the test with the end of the build's output."""
+
+    text: list[str] = []
+    try:
+        async for item in docker.images.build(
+            fileobj=io.BytesIO(context),
+            encoding="application/x-tar",
+            tag=TAG,
+            buildargs={"WHEELHOUSE": "wheelhouse"},
+            forcerm=True,
+            stream=True,
+        ):
+            text.append(str(item.get("stream") or item.get("error") or ""))
+            assert "error" not in item, "".join(text)[-3000:]
+    except aiodocker.DockerError as err:
+        raise AssertionError(f"{err}\n{''.join(text)[-3000:]}") from None
+
+
 async def test_dockerfile_builds_and_runs_healthy(testbed_clean: Testbed, tmp_path: Path) -> None:
     node = testbed_clean.nodes[0]
     cache = cache_dir(tmp_path)
@@ -196,18 +215,7 @@ async def test_dockerfile_builds_and_runs_healthy(testbed_clean: Testbed, tmp_pa
     logs_dir.chmod(0o777)
 
     async with aiodocker.Docker(url=f"http://{node.addr}:2375") as docker:
-        output = await asyncio.wait_for(
-            docker.images.build(
-                fileobj=io.BytesIO(context),
-                encoding="application/x-tar",
-                tag=TAG,
-                buildargs={"WHEELHOUSE": "wheelhouse"},
-                forcerm=True,
-            ),
-            300,
-        )
-        text = "".join(str(item.get("stream") or item.get("error") or "") for item in output)
-        assert not any("error" in item for item in output), text[-3000:]
+        await asyncio.wait_for(build(docker, context), 300)
         built = time.monotonic()
         print(f"context + base {prepared - start:.1f} s, docker build {built - prepared:.1f} s")
 

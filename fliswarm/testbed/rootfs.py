@@ -243,7 +243,7 @@ def build_python_base(
 
     versions = [f"{p}=={importlib.metadata.version(p)}" for p in packages]
     inputs = {"python": sys.version, "executable": os.path.realpath(sys.executable)}
-    inputs |= {"recipe": "2", "packages": " ".join(versions), "applets": " ".join(BASE_APPLETS)}
+    inputs |= {"recipe": "3", "packages": " ".join(versions), "applets": " ".join(BASE_APPLETS)}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
     entry = cache_dir / f"python-base-{digest}"
@@ -256,11 +256,14 @@ def build_python_base(
             shutil.rmtree(work, ignore_errors=True)
             rootfs = work / "rootfs"
             copy_python(rootfs)
-            purelib = inside(rootfs, sysconfig.get_paths()["purelib"])
+            # The site-packages of the interpreter itself (not of a virtual environment we
+            # may run in: the image has no venv).
+            base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+            purelib = inside(rootfs, sysconfig.get_paths(vars=base)["purelib"])
             for dist in packages:
-                files = importlib.metadata.distribution(dist).files or []
-                for top in {f.parts[0] for f in files if ".." not in f.parts}:
-                    source = Path(sysconfig.get_paths()["purelib"]) / top
+                found = importlib.metadata.distribution(dist)
+                for top in {f.parts[0] for f in found.files or [] if ".." not in f.parts}:
+                    source = Path(found.locate_file(top))
                     if source.is_dir():
                         shutil.copytree(source, purelib / top, symlinks=True)
             add_files(rootfs, BASE_APPLETS)
