@@ -8,7 +8,6 @@ keyword-less ``>`` and ``:`` through `.reply.write_status`.
 
 from __future__ import annotations
 
-import logging
 import re
 import shlex
 from typing import Any
@@ -18,7 +17,7 @@ from clu.command import Command, parse_legacy_command
 from clu.legacy import LegacyActor
 
 from fliswarm.fast_talk import parse_talk, run_talk
-from fliswarm.reply import log_line, same_output_as_clu, write_status
+from fliswarm.reply import same_output_as_clu, write_status
 
 
 __all__ = ["ActorLines"]
@@ -110,9 +109,9 @@ class ActorLines(LegacyActor):
         except CommandError:
             self._fail_line(transport, text, f"Could not parse command {text[:200]!r}.")
             return None
-        # As CLU's new_command, logged the fast way (`.reply.log_line`).
+        # As CLU's new_command.
         ids = f"commander_id={commander_id!r}, command_id={command_id!r}"
-        log_line(self.log, logging.INFO, f"New command received: {body!r} ({ids})")
+        self.log.info(f"New command received: {body!r} ({ids})")
         return self.parse_command(command)
 
     def parse_command(self, command: Any) -> Any:

@@ -11,18 +11,14 @@ command would remap) goes through the target's own ``write``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
-from logging.handlers import TimedRotatingFileHandler
 from typing import Any
 
 from clu.base import MessageCode, Reply
 from clu.command import BaseCommand
 from clu.legacy.actor import BaseLegacyActor
 from clu.tools import REPLY
-from sdsstools.logger import FileFormatter
 
 
 __all__ = [
@@ -31,14 +27,12 @@ __all__ = [
     "write_reply",
     "write_status",
     "same_output_as_clu",
-    "log_line",
 ]
 
 # Codes written as they are (a child command remaps ``>``, ``:`` and ``f``).
 _DIRECT_CODES = {code: MessageCode(code) for code in "iwde!"}
 # A command's own start and end, without keywords (`write_status`).
 _STATUS_CODES = {code: MessageCode(code) for code in ">:"}
-_FILE_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"  # sdsstools' FileFormatter.
 _WRITE = BaseLegacyActor.write
 _WRITE_INTERNAL = BaseLegacyActor._write_internal
 
@@ -226,115 +220,4 @@ def _emit(actor: Any, command: Any, code: str, body: str, write_to_log: bool) ->
 
     log = actor.log
     if log and write_to_log:
-        log_line(log, REPLY if REPLY in logging._levelToName else logging.DEBUG, line)
-
-
-def _direct_handlers(log: logging.Logger, level: int) -> list[TimedRotatingFileHandler] | None:
-    """The handlers a record of ``level`` reaches if all are plain actor file logs, else `None`."""
-
-    if log.disabled or log.filters or not log.isEnabledFor(level):
-        return None
-    found: list[TimedRotatingFileHandler] = []
-    logger: logging.Logger | None = log
-    while logger is not None:
-        for handler in logger.handlers:
-            if level < handler.level:
-                continue
-            formatter = handler.formatter
-            if (
-                handler.__class__ is not TimedRotatingFileHandler
-                or handler.filters
-                or formatter is None
-                or formatter.__class__ is not FileFormatter
-                or formatter._fmt != _FILE_FORMAT
-                or formatter.datefmt
-                or formatter.converter not in (time.gmtime, time.localtime)
-                or (found and formatter.converter is not found[0].formatter.converter)  # type: ignore[union-attr]
-                or formatter.default_time_format != "%Y-%m-%d %H:%M:%S"
-                or formatter.default_msec_format != "%s,%03d"
-            ):
-                return None
-            found.append(handler)
-        logger = logger.parent if logger.propagate else None
-    return found or None
-
-
-_second: list[Any] = [None, ""]  # The last (converter, whole second) formatted, and its text.
-
-
-def _asctime(created: float, converter: Any) -> str:
-    """``asctime`` as `logging.Formatter.formatTime` writes it (strftime cached per second)."""
-
-    second = int(created)
-    if _second[0] != (converter, second):
-        _second[:] = [(converter, second), time.strftime("%Y-%m-%d %H:%M:%S", converter(created))]
-    return f"{_second[1]},{int((created - second) * 1000):03d}"
-
-
-def log_line(log: logging.Logger, level: int, message: str) -> None:
-    """Logs ``message`` at ``level``, as ``log.log(level, message)`` would.
-
-    When every handler the record would reach is a plain actor file log (a
-    `~logging.handlers.TimedRotatingFileHandler` with sdsstools' `FileFormatter`), the line
-    ``"{asctime} - {levelname} - {message}"`` is written to them directly, without building
-    and copying log records, and flushed once per iteration of the event loop; otherwise the
-    logger does it.
-    """
-
-    handlers = _direct_handlers(log, level)
-    if handlers is None:
-        log.log(level, message)
-        return
-    header = getattr(log, "header", None)
-    if header is not None:
-        message = header + message
-    if "\x1b" in message:
-        message = FileFormatter.ansi_escape.sub("", message)
-    converter = handlers[0].formatter.converter  # type: ignore[union-attr]
-    text = f"{_asctime(time.time(), converter)} - {logging.getLevelName(level)} - {message}"
-    for handler in handlers:
-        handler.acquire()
-        try:
-            if handler.shouldRollover(None):  # type: ignore[arg-type]  # (unused)
-                handler.doRollover()
-            if handler.stream is None and (
-                handler.mode != "w" or not getattr(handler, "_closed", False)
-            ):
-                handler.stream = handler._open()
-            if handler.stream:
-                handler.stream.write(text + handler.terminator)
-                _flush_soon(handler)
-        except RecursionError:
-            raise
-        except Exception:
-            handler.handleError(log.makeRecord(log.name, level, "", 0, message, (), None))
-        finally:
-            handler.release()
-
-
-_unflushed: set[logging.Handler] = set()  # Log files written in this loop iteration.
-
-
-def _flush_soon(handler: logging.Handler) -> None:
-    """Flushes ``handler`` at the end of this iteration of the event loop (at once if no loop
-    runs): a burst of reply lines costs one ``write()`` to the log file, not one per line."""
-
-    if handler in _unflushed:
-        return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        handler.flush()
-        return
-    _unflushed.add(handler)
-    loop.call_soon(_flush_all)
-
-
-def _flush_all() -> None:
-    handlers = list(_unflushed)
-    _unflushed.clear()
-    for handler in handlers:
-        try:
-            handler.flush()
-        except Exception:
-            handler.handleError(logging.makeLogRecord({"msg": "flushing the actor log failed"}))
+        log.log(REPLY if REPLY in logging._levelToName else logging.DEBUG, line)
