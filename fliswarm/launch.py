@@ -129,6 +129,15 @@ async def remove_named(
     return bool(removals)
 
 
+def _no_usb(node: str, usb: str) -> str:
+    """The warning for a node without a usable USB bus (quoted in the runbook)."""
+
+    return (
+        f"{node}: no usable {usb} on the node; not passing it through "
+        "(flicamera will see no camera)."
+    )
+
+
 async def create_and_start(
     engine: Engine,
     name: str,
@@ -158,7 +167,7 @@ async def create_and_start(
 
     node = engine.node
     if usb and memo is not None and memo.missing(usb):
-        command.debug(text=f"{node}: no usable {usb} on the node; not passing it through.")
+        command.warning(text=_no_usb(node, usb))
         usb = None
     cid: str | None = None
     for bus in (usb, None) if usb else (None,):
@@ -168,7 +177,7 @@ async def create_and_start(
         except DockerAPIError as err:
             # 400: no such bind source; 500: the path exists but holds no device node.
             if bus and err.status in (400, 500) and bus in err.message:
-                command.debug(text=f"{node}: no usable {bus} on the node; not passing it through.")
+                command.warning(text=_no_usb(node, bus))
                 if memo is not None:
                     memo.set_missing(bus)
                 continue
