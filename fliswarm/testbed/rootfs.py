@@ -263,7 +263,7 @@ def build_python_base(
             for dist in packages:
                 found = importlib.metadata.distribution(dist)
                 for top in {f.parts[0] for f in found.files or [] if ".." not in f.parts}:
-                    source = Path(found.locate_file(top))
+                    source = Path(str(found.locate_file(top)))
                     if source.is_dir():
                         shutil.copytree(source, purelib / top, symlinks=True)
             add_files(rootfs, BASE_APPLETS)
