@@ -17,6 +17,8 @@ from fliswarm import __version__
 from fliswarm.actor_lines import ActorLines
 from fliswarm.commands import parser
 from fliswarm.device import FlicameraDevice
+from fliswarm.provision import Provisioner
+from fliswarm.provision.desired import desired_node
 from fliswarm.server import SafeStreamServer
 from fliswarm.supervision import Supervisor
 
@@ -80,8 +82,17 @@ class FLISwarmActor(ActorLines, LegacyActor):
         for name in self.config.get("nodes") or {}:
             self.add_node(name)
 
+        #: The one way a node is brought to its desired state (`fliswarm.provision`).
+        self.provisioner = Provisioner(
+            self.nodes,
+            self.flicameras,
+            lambda name: desired_node(self, name),
+            ready_timeout=float(self.timeouts.get("container_ready", 30.0)),
+            attempt_timeout=self.device_connect_timeout,
+            on_done=lambda name: self.supervisor.wake(name),
+        )
         #: Self-healing supervision of the enabled nodes (`fliswarm.supervision`).
-        self.supervisor = Supervisor(self)
+        self.supervisor = Supervisor(self, self.provisioner)
 
         interval = self.config.get("status_interval", 300)
         if interval:
@@ -235,11 +246,6 @@ class FLISwarmActor(ActorLines, LegacyActor):
 
         results = await asyncio.gather(*[connect(name) for name in selected])
         return dict(zip(selected, results, strict=True))
-
-    def node_lock(self, name: str) -> asyncio.Lock:
-        """The lock of a node: hold it while changing its container; the supervisor waits."""
-
-        return self.supervisor.node_lock(name)
 
     def _enabled(self) -> list[Node]:
         return [node for node in self.nodes.values() if node.enabled]

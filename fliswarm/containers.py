@@ -225,6 +225,7 @@ def container_body(
     node: str,
     config: Mapping[str, Any],
     usb: str | None = USB_BUS,
+    restart_policy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``POST /containers/create`` body for a canonical configuration.
 
@@ -236,6 +237,9 @@ def container_body(
         The canonical configuration (`canonical_config`).
     usb
         The USB bus directory to bind-mount and pass as a device, or `None`.
+    restart_policy
+        The engine's ``HostConfig.RestartPolicy`` (``{"Name": "unless-stopped"}``), or
+        `None` for the engine's default (``no``).
     """
 
     mounts: list[dict[str, Any]] = [
@@ -247,6 +251,8 @@ def container_body(
         "Privileged": config["privileged"],
         "Mounts": mounts,
     }
+    if restart_policy is not None:
+        host_config["RestartPolicy"] = dict(restart_policy)
     body: dict[str, Any] = {
         "Image": config["image"],
         "Env": [f"{k}={v}" for k, v in config["envs"].items()],

@@ -249,6 +249,16 @@ class Engine:
             lambda d: d._query_json(f"containers/{cid}/start", "POST"),
         )
 
+    async def update_restart_policy(self, cid: str, policy: Mapping[str, Any]) -> None:
+        """Sets the engine's restart policy of a container (``{"Name": "unless-stopped"}``)."""
+
+        await self.call(
+            f"update container {cid[:12]}",
+            lambda d: d._query_json(
+                f"containers/{cid}/update", "POST", data={"RestartPolicy": dict(policy)}
+            ),
+        )
+
     async def stop_container(self, cid: str, grace: float) -> None:
         """Stops a container (SIGTERM, SIGKILL after ``grace`` seconds)."""
 

@@ -145,6 +145,7 @@ async def create_and_start(
     usb: str | None,
     command: Any,
     memo: UsbMemo | None = None,
+    restart_policy: Mapping[str, Any] | None = None,
 ) -> str:
     """Creates and starts a container from its canonical configuration; returns its id.
 
@@ -172,7 +173,8 @@ async def create_and_start(
     cid: str | None = None
     for bus in (usb, None) if usb else (None,):
         try:
-            cid = await engine.create_container(name, container_body(node, config, bus))
+            body = container_body(node, config, bus, restart_policy)
+            cid = await engine.create_container(name, body)
             break
         except DockerAPIError as err:
             # 400: no such bind source; 500: the path exists but holds no device node.

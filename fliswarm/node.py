@@ -252,6 +252,7 @@ class Node:
         *,
         cmd: Sequence[str] | None = None,
         always_pull: bool = False,
+        restart_policy: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Runs a container on the node, detached, marked with fliswarm's labels.
 
@@ -286,6 +287,9 @@ class Node:
         always_pull
             Pull the image even if it is present (a failed pull then falls back to the
             local image).
+        restart_policy
+            The engine's restart policy for the container (``{"Name": "unless-stopped"}``);
+            the engine's default (``no``) if `None`.
 
         Returns
         -------
@@ -356,7 +360,7 @@ class Node:
             await remove(self.engine, existing, None if force else self.stop_grace)
 
         cid = await create_and_start(
-            self.engine, name, config, self.usb_bus, command, self.usb_memo
+            self.engine, name, config, self.usb_bus, command, self.usb_memo, restart_policy
         )
         command.info(text=f"{self.name}: running {name} from {ref}.")
         command.debug(container=[self.name, short_id(cid)])

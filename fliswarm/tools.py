@@ -8,7 +8,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
 
-__all__ = ["select_nodes", "IDPool", "FakeCommand", "subprocess_run_async", "split_names"]
+__all__ = [
+    "select_nodes",
+    "IDPool",
+    "FakeCommand",
+    "Reporter",
+    "subprocess_run_async",
+    "split_names",
+]
 
 
 class _Selectable(Protocol):
@@ -130,6 +137,17 @@ class IDPool:
         """How many ids are currently out of the pool."""
 
         return self._next - 1 - len(self._returned)
+
+
+class Reporter(Protocol):
+    """Where the work on a node reports its progress: a CLU command (``command.info(text=...)``
+    goes to its user), the supervisor's log, or `FakeCommand` (nowhere)."""
+
+    def info(self, **keywords: Any) -> Any: ...
+
+    def warning(self, **keywords: Any) -> Any: ...
+
+    def debug(self, **keywords: Any) -> Any: ...
 
 
 class FakeCommand:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from fliswarm.config import ConfigError, load_config
-from fliswarm.supervision.desired import container_spec
+from fliswarm.provision.desired import container_spec
 
 
 CONFIG = """

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from fliswarm.commands import reconnect as rc
 from fliswarm.device import FlicameraDevice
 from fliswarm.exceptions import NodeUnreachableError
 from fliswarm.launch import UsbMemo, create_and_start
 from fliswarm.node import Node
+from fliswarm.provision import ready as rc
 from fliswarm.testbed.fixtures import TEST_PREFIX
 from fliswarm.tools import FakeCommand
 from fliswarm.volumes import create_volume, same_definition

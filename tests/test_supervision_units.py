@@ -19,14 +19,19 @@ from fliswarm.containers import (
     container_body,
     image_reference,
 )
+from fliswarm.provision import Provisioner
+from fliswarm.provision.desired import (
+    container_drift,
+    container_spec,
+    desired_node,
+    engine_restart_policy,
+)
 from fliswarm.supervision import Supervisor
-from fliswarm.supervision.desired import container_drift, container_spec, desired_node
 from fliswarm.supervision.reconciler import NodeReconciler, Outcome
 from fliswarm.supervision.state import (
     Backoff,
     NodeState,
     NodeStatus,
-    engine_restart_policy,
     iso_time,
     should_restart,
 )
@@ -252,6 +257,12 @@ def test_drift_detection() -> None:
 # ------------------------------------------------------------ scheduling (no hot loop)
 
 
+def provisioner(actor: Any) -> Provisioner:
+    """A provisioner with no node (these tests never repair one)."""
+
+    return Provisioner({}, {}, lambda name: desired_node(actor, name), 30.0, 5.0)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -260,7 +271,7 @@ class Clock:
 def make_reconciler(clock: Clock) -> NodeReconciler:
     actor = make_actor()
     actor.write = lambda *args, **kwargs: None
-    supervisor = Supervisor(actor, backoff=(0.5, 30.0, 2.0, 0.0))
+    supervisor = Supervisor(actor, provisioner(actor), backoff=(0.5, 30.0, 2.0, 0.0))
     reconciler = NodeReconciler(supervisor, "gfa1")
     reconciler._loop_time = lambda: clock.now  # type: ignore[method-assign]
     return reconciler
@@ -308,7 +319,7 @@ async def test_events_are_filtered_and_reported() -> None:
     actor = make_actor()
     written: list[tuple[str, dict[str, Any]]] = []
     actor.write = lambda code, keywords: written.append((code, keywords))
-    supervisor = Supervisor(actor)
+    supervisor = Supervisor(actor, provisioner(actor))
     reconciler = NodeReconciler(supervisor, "gfa1")
     supervisor.reconcilers["gfa1"] = reconciler
 

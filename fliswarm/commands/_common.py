@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeAlias
 
+from fliswarm.provision.desired import container_spec, container_user
 from fliswarm.status import StatusWriter
 from fliswarm.status_engine import by_engine, report_engine
-from fliswarm.supervision.desired import container_spec, container_user
 from fliswarm.tools import select_nodes, split_names
 
 

@@ -6,13 +6,13 @@
     await supervisor.start()          # watch every enabled node (adopts running containers)
     supervisor.watch("gfa1")          # start supervising a node (after ``enable``)
     await supervisor.unwatch("gfa1")  # stop (after ``disable``); its state becomes disabled
-    async with supervisor.node_lock("gfa1"):
-        ...                           # operator work: the supervisor does not act meanwhile
     supervisor.state("gfa1")          # NodeStatus(state=online, since=..., reason=...)
     await supervisor.stop()
 
 Per node, an `.EventWatcher` keeps a subscription to the engine's container events and a
-`.NodeReconciler` runs reconcile steps when something happens (see their modules).
+`.NodeReconciler` runs reconcile steps when something happens (see their modules). Repairs
+go through the actor's `.Provisioner`, as operator commands do: the supervisor leaves a node
+alone while other provisioning work runs on it.
 """
 
 from __future__ import annotations
@@ -24,8 +24,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fliswarm.containers import LABEL_NODE, short_id
+from fliswarm.provision import Provisioner
+from fliswarm.provision.desired import (
+    DesiredNode,
+    container_spec,
+    container_user,
+    desired_node,
+)
 
-from .desired import DesiredNode, container_spec, container_user, desired_node
 from .events import EventWatcher
 from .reconciler import NodeReconciler, Outcome
 from .state import Backoff, NodeState, NodeStatus, should_restart
@@ -54,6 +60,8 @@ class Supervisor:
     ----------
     actor
         The `.FLISwarmActor` (its ``config``, ``nodes``, ``flicameras`` and ``write``).
+    provisioner
+        The one provisioning path, shared with the operator's commands.
     max_concurrent
         How many nodes may be repaired (Docker calls) at the same time.
     backoff
@@ -66,11 +74,13 @@ class Supervisor:
     def __init__(
         self,
         actor: Any,
+        provisioner: Provisioner,
         max_concurrent: int = 4,
         backoff: tuple[float, float, float, float] = (0.5, 30.0, 2.0, 0.25),
         safety_interval: float | None = None,
     ) -> None:
         self.actor = actor
+        self.provisioner = provisioner
         self.backoff = backoff
         if safety_interval is None:
             safety_interval = float(actor.config.get("status_interval") or 300)
@@ -78,23 +88,11 @@ class Supervisor:
         self.max_concurrent = max_concurrent
         self.reconcilers: dict[str, NodeReconciler] = {}
         self.watchers: dict[str, EventWatcher] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         self._semaphore: asyncio.Semaphore | None = None
         self._statuses: dict[str, NodeStatus] = {}
         self.running = False
 
     # ----------------------------------------------------------------- public API
-
-    def node_lock(self, name: str) -> asyncio.Lock:
-        """The lock of a node, shared by the supervisor and operator commands.
-
-        Hold it while changing a node's container (``reconnect``): the supervisor waits.
-        """
-
-        lock = self._locks.get(name)
-        if lock is None:
-            lock = self._locks[name] = asyncio.Lock()
-        return lock
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -186,14 +184,6 @@ class Supervisor:
         status = self._statuses.setdefault(name, NodeStatus())
         if status.set(NodeState.DISABLED, "not supervised") or reconciler is not None:
             self.broadcast("i", nodeState=status.keyword(name))
-
-    def replace(self, name: str) -> None:
-        """Replaces the node's container at the next step if it drifted."""
-
-        reconciler = self.reconcilers.get(name)
-        if reconciler is not None:
-            reconciler.force_replace = True
-            reconciler.wake()
 
     def wake(self, name: str) -> None:
         """Asks for a reconcile step of a node."""

@@ -2,10 +2,10 @@
 
 One asyncio task per supervised node waits for a reason to look at the node (an engine
 event, the flicamera connection dropping, the event stream coming back, or the slow
-safety-net timer), then runs one idempotent `reconcile` step under the node's lock. Steps
-are rate-limited by an exponential back-off with jitter that is only reset once the node
-has stayed healthy for `NodeReconciler.stable_after` seconds, so a flapping node never
-causes a hot loop.
+safety-net timer), then runs one idempotent `reconcile` step. Repairs go through the one
+provisioning path (`fliswarm.provision`). Steps are rate-limited by an exponential back-off
+with jitter that is only reset once the node has stayed healthy for
+`NodeReconciler.stable_after` seconds, so a flapping node never causes a hot loop.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import enum
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from fliswarm.containers import short_id
-from fliswarm.exceptions import FliswarmError, NodeError
+from fliswarm.exceptions import NodeError
+from fliswarm.provision import ProvisionError, Request
+from fliswarm.provision.desired import DesiredNode, container_drift, desired_node
 
-from .desired import DesiredNode, container_drift, desired_node
 from .state import Backoff, NodeState, NodeStatus, should_restart
 
 
@@ -72,9 +72,6 @@ class NodeReconciler:
         #: Reconcile steps run, and those that tried a repair.
         self.steps = 0
         self.repairs = 0
-        #: Replace a drifted container at the next step (``reconnect --force`` does it
-        #: itself; this is for `Supervisor.replace`).
-        self.force_replace = False
         self.last_event: dict[str, Any] | None = None
         self._not_before = 0.0
         self._last_trouble = 0.0
@@ -82,6 +79,7 @@ class NodeReconciler:
         self._engine_reason = ""
         self._warned: str | None = None
         self._task: asyncio.Task | None = None
+        self.report = SupervisorReport(self)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -162,24 +160,22 @@ class NodeReconciler:
     # ------------------------------------------------------------------ the step
 
     async def step(self) -> Outcome:
-        """One reconcile step under the node's lock (waits while an operator holds it)."""
+        """One reconcile step (none while provisioning work runs on the node)."""
 
         node = self.actor.nodes.get(self.name)
         if node is None or not node.enabled:
             self._set(NodeState.DISABLED, "node disabled")
             return Outcome.HOLD
-        async with self.supervisor.node_lock(self.name):
-            self.steps += 1
-            return await self._reconcile(desired_node(self.actor, self.name))
+        if self.supervisor.provisioner.busy(self.name):  # We are woken when it is done.
+            return Outcome.HOLD
+        self.steps += 1
+        return await self._reconcile(desired_node(self.actor, self.name))
 
     async def _reconcile(self, desired: DesiredNode) -> Outcome:
         name = self.name
         node = self.actor.nodes[name]
         device = self.actor.flicameras[name]
         healing = desired.self_healing
-
-        if not device.auto_connect:  # An operator command is replacing the container.
-            return Outcome.HOLD
 
         if self._engine_up is False:
             return self._engine_down(self._engine_reason, Outcome.OFFLINE)
@@ -197,7 +193,7 @@ class NodeReconciler:
                 self._set(NodeState.DEGRADED, "no flicamera container")
                 return Outcome.HOLD
             self._warn(f"{name}: flicamera container {desired.container} is missing; creating it")
-            return await self._repair(desired, "create")
+            return await self._repair(desired, "create container")
 
         labels = (info.get("Config") or {}).get("Labels") or {}
         if labels.get("org.sdss.fliswarm.managed") != "true":
@@ -205,10 +201,9 @@ class NodeReconciler:
             return Outcome.HOLD
 
         drift = container_drift(info, desired)
-        if drift and healing and (desired.replace_drifted or self.force_replace):
-            self.force_replace = False
+        if drift and healing and desired.replace_drifted:
             self._warn(f"{name}: container {desired.container} drifted ({drift}); replacing it")
-            return await self._repair(desired, "replace")
+            return await self._repair(desired, "replace container")
 
         state = info.get("State") or {}
         cid = short_id(info.get("Id", ""))
@@ -231,7 +226,7 @@ class NodeReconciler:
             )
             return Outcome.HOLD
         self._warn(f"{name}: flicamera container {cid} {how}; restarting it")
-        return await self._repair(desired, "start", info)
+        return await self._repair(desired, "start container")
 
     def _engine_down(self, reason: str, outcome: Outcome) -> Outcome:
         """The engine does not answer: offline, unless the camera is still connected (its
@@ -247,7 +242,6 @@ class NodeReconciler:
         self, desired: DesiredNode, info: dict[str, Any], drift: str | None
     ) -> Outcome:
         name = self.name
-        node = self.actor.nodes[name]
         device = self.actor.flicameras[name]
         if drift and self._warned != drift:
             self._warned = drift
@@ -255,106 +249,71 @@ class NodeReconciler:
                 f"{name}: container {desired.container} drifted ({drift}); "
                 "run reconnect --force to replace it"
             )
-        restart = (info.get("HostConfig") or {}).get("RestartPolicy") or {}
-        if desired.self_healing and restart.get("Name", "no") != desired.engine_restart["Name"]:
-            with contextlib.suppress(NodeError):
-                async with self.supervisor.slot():
-                    await node.engine.call(
-                        f"update container {desired.container}",
-                        lambda d: d._query_json(
-                            f"containers/{info['Id']}/update",
-                            "POST",
-                            data={"RestartPolicy": desired.engine_restart},
-                        ),
-                    )
         healthy = NodeState.DRIFTED if drift else NodeState.ONLINE
         reason = drift or "container running, camera connected"
-        if device.is_connected():
+        restart = (info.get("HostConfig") or {}).get("RestartPolicy") or {}
+        policy_ok = restart.get("Name", "no") == desired.engine_restart["Name"]
+        if device.is_connected() and (policy_ok or not desired.self_healing):
             self._set(healthy, reason)
             return Outcome.OK
         if not desired.self_healing:
             self._set(NodeState.DEGRADED, "flicamera not connected; self-healing is off")
             return Outcome.HOLD
-        self._set(NodeState.RECOVERING, "connecting to flicamera")
-        if await self._connect(desired):
-            self._set(healthy, reason)
-            return Outcome.REPAIRED
-        return Outcome.RETRY
-
-    async def _connect(self, desired: DesiredNode) -> bool:
-        """Waits for flicamera's port and connects the device (bounded)."""
-
-        from fliswarm.commands.reconnect import wait_device_ready
-
-        node = self.actor.nodes[self.name]
-        device = self.actor.flicameras[self.name]
-        ready = float(self.actor.timeouts.get("container_ready", 30.0))
-        try:
-            took = await wait_device_ready(
-                device,
-                node,
-                desired.container,
-                ready,
-                attempt_timeout=self.actor.device_connect_timeout,
-            )
-        except (FliswarmError, ConnectionError, asyncio.TimeoutError) as err:
-            self._set(NodeState.DEGRADED, f"flicamera not connected: {err}")
-            return False
-        log.info("%s: flicamera connected after %.2f s", self.name, took)
-        return True
+        # Connect the camera, or only give the container its restart policy (no state change).
+        doing = None if device.is_connected() else "connecting to flicamera"
+        return await self._repair(desired, doing, healthy, reason)
 
     async def _repair(
-        self, desired: DesiredNode, action: str, info: dict[str, Any] | None = None
+        self,
+        desired: DesiredNode,
+        doing: str | None,
+        healthy: NodeState = NodeState.ONLINE,
+        reason: str = "container running, camera connected",
     ) -> Outcome:
-        """Creates, starts or replaces the container, then connects the device."""
+        """Brings the node to its desired state through the one provisioning path.
+
+        ``doing`` is the reason of the ``recovering`` state meanwhile (none if `None`).
+        """
 
         self.repairs += 1
-        self._set(NodeState.RECOVERING, f"{action} container")
-        node = self.actor.nodes[self.name]
-        device = self.actor.flicameras[self.name]
-        try:
-            async with self.supervisor.slot():
-                if action == "start" and info is not None:
-                    try:
-                        await node.engine.start_container(info["Id"])
-                    except NodeError as err:
-                        self._warn(
-                            f"{self.name}: cannot start the container ({err}); recreating it"
-                        )
-                        await self._create(desired, replace=True)
-                else:
-                    if action == "replace":
-                        await device.stop()
-                    await self._create(desired, replace=action == "replace")
-        except (FliswarmError, asyncio.TimeoutError) as err:
-            self._set(NodeState.DEGRADED, f"repair failed: {err}")
-            self._warn(f"{self.name}: repair failed: {err}")
-            return Outcome.RETRY
-        if not await self._connect(desired):
-            return Outcome.RETRY
-        self._set(NodeState.ONLINE, "container running, camera connected")
+        if doing is not None:
+            self._set(NodeState.RECOVERING, doing)
+        provisioner = self.supervisor.provisioner
+        request = Request(replace_drifted=desired.replace_drifted)
+        async with self.supervisor.slot():
+            if provisioner.busy(self.name):  # An operator got there first.
+                return Outcome.HOLD
+            try:
+                result = await provisioner.provision(self.name, request, self.report)
+            except ProvisionError as err:
+                self._set(NodeState.DEGRADED, f"repair failed: {err.reason}")
+                self._warn(f"{self.name}: repair failed: {err.reason}")
+                return Outcome.RETRY
+        log.info(
+            "%s: container %s %s; flicamera connected after %.2f s",
+            self.name,
+            short_id(result.container_id),
+            result.action.value,
+            result.ready_after,
+        )
+        self._set(healthy, reason)
         return Outcome.REPAIRED
 
-    async def _create(self, desired: DesiredNode, replace: bool) -> None:
-        node = self.actor.nodes[self.name]
-        for vname, volume in desired.volumes.items():
-            await node.create_volume(vname, volume["driver"], volume["opts"])
-        spec = dict(desired.spec, force=replace)
-        started = time.monotonic()
-        info = await node.run_container(**spec)
-        cid = info.get("Id", "")
-        with contextlib.suppress(NodeError):
-            await node.engine.call(
-                f"update container {desired.container}",
-                lambda d: d._query_json(
-                    f"containers/{cid}/update",
-                    "POST",
-                    data={"RestartPolicy": desired.engine_restart},
-                ),
-            )
-        log.info(
-            "%s: container %s created in %.2f s",
-            self.name,
-            short_id(cid),
-            time.monotonic() - started,
-        )
+
+class SupervisorReport:
+    """The `.Reporter` of the supervisor's repairs: the log, and warnings to every user."""
+
+    def __init__(self, reconciler: NodeReconciler) -> None:
+        self.reconciler = reconciler
+
+    def info(self, **keywords: Any) -> None:
+        log.info("%s", keywords.get("text", keywords))
+
+    def debug(self, **keywords: Any) -> None:
+        log.debug("%s", keywords.get("text", keywords))
+
+    def warning(self, **keywords: Any) -> None:
+        if "text" in keywords:
+            self.reconciler._warn(str(keywords["text"]))
+        else:
+            log.warning("%s", keywords)

@@ -7,19 +7,16 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from fliswarm.provision.desired import RESTART_POLICIES
+
 
 __all__ = [
     "NodeState",
     "NodeStatus",
     "Backoff",
-    "RESTART_POLICIES",
     "should_restart",
-    "engine_restart_policy",
     "iso_time",
 ]
-
-#: The values of the ``restart_policy`` setting.
-RESTART_POLICIES = ("always", "on-failure", "never")
 
 
 class NodeState(str, enum.Enum):
@@ -150,21 +147,3 @@ def should_restart(policy: str, exit_code: int | None, oom_killed: bool = False)
     if policy == "never":
         return False
     return bool(oom_killed) or (exit_code is not None and exit_code != 0)
-
-
-def engine_restart_policy(policy: str, self_healing: bool = True) -> dict[str, object]:
-    """The Docker ``HostConfig.RestartPolicy`` given to the flicamera containers.
-
-    The engine restarts the container by itself when the node reboots or the engine
-    restarts, even if fliswarm is not running: ``always`` becomes ``unless-stopped`` (a
-    container stopped on purpose stays stopped), ``on-failure`` stays ``on-failure``,
-    ``never`` (or self-healing off) becomes ``no``.
-    """
-
-    if policy not in RESTART_POLICIES:
-        raise ValueError(f"unknown restart policy {policy!r}.")
-    if not self_healing or policy == "never":
-        return {"Name": "no", "MaximumRetryCount": 0}
-    if policy == "always":
-        return {"Name": "unless-stopped", "MaximumRetryCount": 0}
-    return {"Name": "on-failure", "MaximumRetryCount": 0}

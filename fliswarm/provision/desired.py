@@ -20,10 +20,10 @@ from fliswarm.containers import (
     mount_target,
 )
 
-from .state import engine_restart_policy
-
 
 __all__ = [
+    "RESTART_POLICIES",
+    "engine_restart_policy",
     "ActorLike",
     "DesiredNode",
     "container_user",
@@ -32,6 +32,10 @@ __all__ = [
     "desired_node",
     "container_drift",
 ]
+
+
+#: The values of the ``restart_policy`` setting.
+RESTART_POLICIES = ("always", "on-failure", "never")
 
 
 class ActorLike(Protocol):
@@ -183,3 +187,21 @@ def container_drift(info: Mapping[str, Any], desired: DesiredNode) -> str | None
     if not found:
         return "the container has no config hash label"
     return f"config hash {found[:12]} differs from the configured {desired.config_hash[:12]}"
+
+
+def engine_restart_policy(policy: str, self_healing: bool = True) -> dict[str, object]:
+    """The Docker ``HostConfig.RestartPolicy`` given to the flicamera containers.
+
+    The engine restarts the container by itself when the node reboots or the engine
+    restarts, even if fliswarm is not running: ``always`` becomes ``unless-stopped`` (a
+    container stopped on purpose stays stopped), ``on-failure`` stays ``on-failure``,
+    ``never`` (or self-healing off) becomes ``no``.
+    """
+
+    if policy not in RESTART_POLICIES:
+        raise ValueError(f"unknown restart policy {policy!r}.")
+    if not self_healing or policy == "never":
+        return {"Name": "no", "MaximumRetryCount": 0}
+    if policy == "always":
+        return {"Name": "unless-stopped", "MaximumRetryCount": 0}
+    return {"Name": "on-failure", "MaximumRetryCount": 0}

@@ -1,0 +1,280 @@
+"""`Provisioner`: the one way a node is brought to its desired state.
+
+``ensure volumes -> ensure the container -> wait until flicamera accepts -> connect``
+
+`Provisioner.provision` serves the operator's ``reconnect``, the supervisor's repairs and
+anything that changes a node's container. It is idempotent: a second pass right after a
+first one keeps everything (and only reconnects the camera when asked to).
+
+One provisioning runs at a time on a node. A request that comes while another runs on the
+same node joins it: it waits for that work, then makes its own pass, which keeps what the
+joined work made when that matches the desired state, even with ``force`` (``force``
+replaces what predates the request or differs from the desired state). The supervisor does
+not join: it leaves a busy node alone and looks again when the work is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fliswarm.containers import short_id
+from fliswarm.exceptions import FliswarmError, NodeError
+from fliswarm.launch import check_managed
+from fliswarm.tools import Reporter
+
+from .desired import DesiredNode, container_drift
+from .ready import wait_device_ready
+
+
+if TYPE_CHECKING:
+    from fliswarm.device import FlicameraDevice
+    from fliswarm.node import Node
+
+
+__all__ = [
+    "Action",
+    "ProvisionError",
+    "Provisioner",
+    "Request",
+    "Result",
+]
+
+
+class ProvisionError(FliswarmError):
+    """A node could not be brought to its desired state; the message says why."""
+
+    def __init__(self, node: str, reason: str) -> None:
+        self.node = node
+        self.reason = reason
+        super().__init__(f"{node}: {reason}")
+
+
+class Action(enum.Enum):
+    """What provisioning did with the container."""
+
+    #: The container ran as desired and was kept.
+    KEEP = "kept"
+    #: A stopped container was started again.
+    START = "started"
+    #: There was no container: one was created.
+    CREATE = "created"
+    #: The container was removed and created again.
+    REPLACE = "replaced"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a caller asks of `Provisioner.provision`."""
+
+    #: Replace the container (and re-create the volumes) unless the container was made by
+    #: provisioning work this request joined and matches the desired state.
+    force: bool = False
+    #: Replace a container whose settings differ from the desired ones (config hash).
+    replace_drifted: bool = False
+    #: Reconnect the camera even if its connection is up (the operator's ``reconnect``).
+    reconnect: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    """What `Provisioner.provision` did."""
+
+    action: Action
+    #: The container's id.
+    container_id: str
+    #: Seconds until flicamera accepted the connection (0 if it was already connected).
+    ready_after: float
+    #: Whether the request joined provisioning work already running on the node.
+    joined: bool = False
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, NodeError):
+        return err.message
+    return str(err) or type(err).__name__
+
+
+class Provisioner:
+    """Brings nodes to their desired state, one provisioning at a time per node.
+
+    Parameters
+    ----------
+    nodes
+        The `.Node` of each node, by name (read at each call: nodes may be added).
+    devices
+        The `.FlicameraDevice` of each node, by name.
+    desired
+        Returns the desired state of a node from the current configuration.
+    ready_timeout
+        Seconds flicamera gets to accept connections once its container runs.
+    attempt_timeout
+        Seconds of one connection attempt to flicamera.
+    on_done
+        Called with the node name after each provisioning, whatever its outcome (the
+        supervisor looks at the node again).
+    """
+
+    def __init__(
+        self,
+        nodes: Mapping[str, Node],
+        devices: Mapping[str, FlicameraDevice],
+        desired: Callable[[str], DesiredNode],
+        ready_timeout: float,
+        attempt_timeout: float,
+        on_done: Callable[[str], None] | None = None,
+    ) -> None:
+        self.nodes = nodes
+        self.devices = devices
+        self.desired = desired
+        self.ready_timeout = ready_timeout
+        self.attempt_timeout = attempt_timeout
+        self.on_done = on_done
+        self._running: dict[str, asyncio.Task[Result]] = {}
+
+    def busy(self, name: str) -> bool:
+        """Whether provisioning work runs on the node."""
+
+        task = self._running.get(name)
+        return task is not None and not task.done()
+
+    async def provision(self, name: str, request: Request, report: Reporter) -> Result:
+        """Brings a node to its desired state (see the module).
+
+        Raises
+        ------
+        ProvisionError
+            If the node cannot be brought to its desired state; the message says why.
+        """
+
+        joined: Result | None = None
+        while (running := self._running.get(name)) is not None and not running.done():
+            report.info(text=f"{name}: joining the work in progress on the node.")
+            try:
+                joined = await asyncio.shield(running)
+            except ProvisionError:
+                joined = None
+            except asyncio.CancelledError:
+                if not running.cancelled():  # We were cancelled, not the work we joined.
+                    raise
+                joined = None
+        task = asyncio.ensure_future(self._provision(name, request, report, joined))
+        self._running[name] = task
+        try:
+            return await task
+        finally:
+            if self._running.get(name) is task:
+                del self._running[name]
+            if self.on_done is not None:
+                self.on_done(name)
+
+    async def _provision(
+        self, name: str, request: Request, report: Reporter, joined: Result | None
+    ) -> Result:
+        node = self.nodes[name]
+        device = self.devices[name]
+        desired = self.desired(name)
+        try:
+            return await self._steps(node, device, desired, request, report, joined)
+        except (FliswarmError, ConnectionError, asyncio.TimeoutError) as err:
+            raise ProvisionError(name, _reason(err)) from err
+
+    async def _steps(
+        self,
+        node: Node,
+        device: FlicameraDevice,
+        desired: DesiredNode,
+        request: Request,
+        report: Reporter,
+        joined: Result | None,
+    ) -> Result:
+        name = node.name
+        container = desired.container
+        await node.connect()  # Says whether the node or only its engine does not answer.
+        info = await node.engine.inspect_container(container)
+        if info is not None:
+            check_managed(name, info, container)
+        action = self._decide(info, desired, request, joined)
+
+        changing = action is not Action.KEEP
+        if changing:
+            device.auto_connect = False  # talk must not connect while the container changes.
+        try:
+            if action is Action.REPLACE:
+                await device.stop()  # Before the container goes, or the connection hangs.
+                await node.stop_container(container, desired.spec["image"], True, report)
+            await self._volumes(node, desired, request.force and changing, report)
+            cid = await self._container(node, desired, action, info, report)
+            if changing or request.reconnect or not device.is_connected():
+                if changing or request.reconnect:
+                    await device.stop()
+                took = await wait_device_ready(
+                    device, node, container, self.ready_timeout, self.attempt_timeout
+                )
+                report.info(text=f"{name}: camera connected")
+                report.debug(text=f"{name}: flicamera accepted the connection after {took:.2f} s.")
+            else:
+                took = 0.0
+        finally:
+            device.auto_connect = True
+        return Result(action, cid, took, joined is not None)
+
+    @staticmethod
+    def _decide(
+        info: Mapping[str, Any] | None,
+        desired: DesiredNode,
+        request: Request,
+        joined: Result | None,
+    ) -> Action:
+        if info is None:
+            return Action.CREATE
+        drift = container_drift(info, desired)
+        made_by_joined = joined is not None and joined.container_id == info["Id"]
+        if request.force and not (made_by_joined and drift is None):
+            return Action.REPLACE
+        if drift is not None and request.replace_drifted:
+            return Action.REPLACE
+        state = info.get("State") or {}
+        return Action.KEEP if state.get("Running") else Action.START
+
+    @staticmethod
+    async def _volumes(node: Node, desired: DesiredNode, force: bool, report: Reporter) -> None:
+        for vname, volume in desired.volumes.items():
+            await node.create_volume(vname, volume["driver"], volume["opts"], force, report)
+        report.info(text=f"{node.name}: volumes ready")
+
+    @staticmethod
+    async def _container(
+        node: Node,
+        desired: DesiredNode,
+        action: Action,
+        info: Mapping[str, Any] | None,
+        report: Reporter,
+    ) -> str:
+        """The container in the state `_decide` chose; returns its id."""
+
+        name = node.name
+        policy = desired.engine_restart
+        if info is not None and action in (Action.KEEP, Action.START):
+            cid = str(info["Id"])
+            current = (info.get("HostConfig") or {}).get("RestartPolicy") or {}
+            if current.get("Name", "no") != policy["Name"]:
+                await node.engine.update_restart_policy(cid, policy)
+            if action is Action.KEEP:
+                report.info(text=f"{name}: container already running ({short_id(cid)})")
+                return cid
+            try:
+                await node.engine.start_container(cid)
+                report.info(text=f"{name}: container started ({short_id(cid)})")
+                return cid
+            except NodeError as err:
+                report.warning(text=f"{name}: cannot start the container ({err}); recreating it")
+        created = await node.run_container(
+            **desired.spec, force=True, command=report, restart_policy=policy
+        )
+        cid = str(created.get("Id", ""))
+        report.info(text=f"{name}: container started ({short_id(cid) or '?'})")
+        return cid
