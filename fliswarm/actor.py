@@ -11,15 +11,12 @@ import os
 import pathlib
 from typing import TYPE_CHECKING, Any
 
-from clu.legacy import LegacyActor
-
 from fliswarm import __version__
-from fliswarm.actor_lines import ActorLines
 from fliswarm.commands import parser
+from fliswarm.compat import HardenedLegacyActor
 from fliswarm.device import FlicameraDevice
 from fliswarm.provision import Provisioner
 from fliswarm.provision.desired import desired_node
-from fliswarm.server import SafeStreamServer
 from fliswarm.supervision import Supervisor
 
 
@@ -33,7 +30,7 @@ __all__ = ["FLISwarmActor", "KEYWORDS_SCHEMA"]
 KEYWORDS_SCHEMA = pathlib.Path(__file__).parent / "etc" / "keywords.json"
 
 
-class FLISwarmActor(ActorLines, LegacyActor):
+class FLISwarmActor(HardenedLegacyActor):
     """The fliswarm actor.
 
     Create it with `from_config`. Commands (``fliswarm.commands``) receive the command and
@@ -57,16 +54,6 @@ class FLISwarmActor(ActorLines, LegacyActor):
         super().__init__(*args, **kwargs)
         if kwargs.get("additional_properties") and self.model is not None:
             self.model.schema["additionalProperties"] = True  # Old configurations.
-        # CLU's server leaks the transports of clients that vanish (see fliswarm.server).
-        self._server = SafeStreamServer(
-            self.host,
-            self.port,
-            connection_callback=self.new_user,
-            data_received_callback=self.new_command,
-            log=self.log,
-            overflow_callback=self._line_too_long,
-        )
-
         self.observatory: str | None = self.config.get("observatory") or os.environ.get(
             "OBSERVATORY"
         )
@@ -339,7 +326,7 @@ class FLISwarmActor(ActorLines, LegacyActor):
         with contextlib.suppress(Exception):
             await self.timed_commands.stop()
         with contextlib.suppress(Exception):
-            if self._server._server is not None and self._server.is_serving():
+            if self._server.serving:
                 self._server.stop()
         for transport in list(self.transports.values()):
             with contextlib.suppress(Exception):
@@ -363,5 +350,3 @@ class FLISwarmActor(ActorLines, LegacyActor):
         jobs += [close_node(node) for node in self.nodes.values()]
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 10)
-
-    # Client connections and command lines (hardened; see fliswarm.server)

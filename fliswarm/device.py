@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fliswarm.device_stream import ReplyStream
-from fliswarm.reply import write_reply
 from fliswarm.subcommand import SubCommand
 from fliswarm.supervision.events import set_keepalive
 from fliswarm.tools import IDPool
@@ -350,7 +349,7 @@ class FlicameraDevice:
             lines = data.pop("help")
             if target is not None:
                 for help_line in lines if isinstance(lines, list) else [lines]:
-                    write_reply(target, code, {"help": _sanitise(str(help_line))})
+                    target.write(code, {"help": _sanitise(str(help_line))}, validate=False)
 
         message: dict[str, Any] = {}
         for key, value in data.items():
@@ -365,6 +364,6 @@ class FlicameraDevice:
 
         if message and target is not None:
             try:
-                write_reply(target, code, message)
+                target.write(code, message, validate=False)
             except (TypeError, ValueError) as err:  # e.g. a value nested too deep to format.
                 log.warning("%s: cannot relay %r: %s", name, message, err)

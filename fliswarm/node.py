@@ -29,8 +29,7 @@ from .launch import UsbMemo, check_managed, create_and_start, remove, remove_nam
 from .launch import _repository as _repository
 from .ping import ping as _ping
 from .pull import ensure_image
-from .status import EngineShare
-from .status import report_status as _report_status
+from .status import report_engine
 from .tools import FakeCommand
 
 
@@ -370,27 +369,17 @@ class Node:
     # Status
 
     async def report_status(
-        self,
-        command: CommandType,
-        volumes: bool = True,
-        containers: bool = True,
-        *,
-        container_name: str | None = None,
-        volume_names: Sequence[str] | None = None,
-        share: EngineShare | None = None,
+        self, command: CommandType, volumes: bool = True, containers: bool = True
     ) -> dict[str, Any]:
         """Reports the node, its fliswarm container and its volumes to a command.
 
-        Outputs ``node={name, addr, daemon_addr, node_alive, docker_alive}`` (info),
-        then, if Docker answers, ``container={name, container_short_id}`` (debug;
-        ``NA`` if there is none or several) and one
-        ``volume={name, volume, present, device}`` per volume (debug; device ``NA`` if
-        missing), with a warning for a node not pinging, Docker not answering, no or
-        several containers and a missing volume. The containers and volumes are listed
-        first (concurrently): an engine that answers them within 0.25 s proves itself and
-        the node alive. Otherwise the engine gets a ``/_ping`` and the node an ICMP ping
-        while the lists go on (`fliswarm.status.probe`), so a dead node returns within
-        ``max(ping_timeout + 0.25, connect_timeout) + 0.25``.
+        Outputs ``node={name, addr, daemon_addr, node_alive, docker_alive}`` (info), then,
+        if Docker answers, ``container={name, container_short_id}`` (debug; ``NA`` if there
+        is none or several) and one ``volume={name, volume, present, device}`` per
+        configured volume (debug; device ``NA`` if missing), with a warning for a node not
+        pinging, Docker not answering, no or several containers and a missing volume (see
+        `fliswarm.status`). The volumes and ``ping_timeout`` are those of
+        ``command.actor.config`` when the command has an actor.
 
         Parameters
         ----------
@@ -400,15 +389,6 @@ class Node:
             Whether to report the volumes.
         containers
             Whether to report the container.
-        container_name
-            The expected container; otherwise any running fliswarm container of the node.
-        volume_names
-            The expected volumes; otherwise those of ``command.actor.config["volumes"]``.
-            ``command.actor.config["ping_timeout"]`` is used too, if present.
-        share
-            Engine calls shared with the other nodes reported by the same status
-            (`fliswarm.status.EngineShare`): logical nodes on one Docker engine then cost
-            one probe, one container list and one volume list in all.
 
         Returns
         -------
@@ -417,6 +397,12 @@ class Node:
             ``volumes`` (name to device, `None` if missing).
         """
 
-        return await _report_status(
-            self, command, volumes, containers, container_name, volume_names, share
+        actor = getattr(command, "actor", None)
+        config = getattr(actor, "config", None)
+        config = config if isinstance(config, Mapping) else {}
+        volume_names = list(config.get("volumes") or []) if volumes else []
+        ping_timeout = float(config.get("ping_timeout") or self.ping_timeout)
+        [result] = await report_engine(
+            command, [self], [None], volume_names, ping_timeout, containers
         )
+        return result

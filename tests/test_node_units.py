@@ -28,8 +28,6 @@ from fliswarm.exceptions import (
 from fliswarm.node import Node, _repository
 from fliswarm.ping import PingProgram, format_wait, parse_iputils_version, ping_argv
 from fliswarm.pull import PullProgress
-from fliswarm.status import actor_config
-from fliswarm.tools import FakeCommand
 
 
 def _config(**kw):
@@ -280,18 +278,6 @@ def test_node_defaults():
     assert node.client is node.engine
     other = Node("fvc", "h", daemon_addr="tcp://h:2376", ping_timeout=0.6, tls=None)
     assert other.daemon_addr == "tcp://h:2376" and other.ping_timeout == 0.6
-
-
-def test_actor_config():
-    assert actor_config(FakeCommand()) == {}
-
-    class Actor:
-        config = {"volumes": {"data": {}}}
-
-    class Cmd:
-        actor = Actor()
-
-    assert actor_config(Cmd()) == {"volumes": {"data": {}}}
 
 
 async def test_tls_engine_uses_https_and_closes():

@@ -7,8 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeAlias
 
 from fliswarm.provision.desired import container_spec, container_user
-from fliswarm.status import StatusWriter
-from fliswarm.status_engine import by_engine, report_engine
+from fliswarm.status import by_engine, report_engine
 from fliswarm.tools import select_nodes, split_names
 
 
@@ -72,14 +71,15 @@ def status_limit(actor: FLISwarmActor) -> float:
     return max(ping, connect) + request + 1.0
 
 
-def report_devices(command: FLISwarmCommand, out: StatusWriter, nodes: list[Node]) -> None:
+def report_devices(command: FLISwarmCommand, nodes: list[Node]) -> None:
     """The ``device`` keyword (flicamera connection) of each node that has a device."""
 
     flicameras = command.actor.flicameras
     for node in nodes:
         device = flicameras.get(node.name)
         if device is not None:
-            out.info(device=[node.name, device.is_connected(), device.host, device.port])
+            value = [node.name, device.is_connected(), device.host, device.port]
+            command.info(device=value, validate=False)
 
 
 async def report_engine_nodes(command: FLISwarmCommand, nodes: list[Node]) -> None:
@@ -89,15 +89,17 @@ async def report_engine_nodes(command: FLISwarmCommand, nodes: list[Node]) -> No
     actor = command.actor
     limit = status_limit(actor)
     names = [actor.get_container_name(node) for node in nodes]
+    volumes = list(actor.config.get("volumes") or [])
+    ping_timeout = float(actor.config.get("ping_timeout") or 1.0)
     try:
-        await asyncio.wait_for(report_engine(command, nodes, names), limit)
+        await asyncio.wait_for(report_engine(command, nodes, names, volumes, ping_timeout), limit)
     except asyncio.TimeoutError:
         for node in nodes:
             command.warning(text=f"{node.name}: no status within {limit:g} s.")
     except Exception as err:
         for node in nodes:
             command.warning(text=f"{node.name}: cannot get the status: {err}")
-    report_devices(command, StatusWriter(command), nodes)
+    report_devices(command, nodes)
 
 
 async def report_nodes(command: FLISwarmCommand, nodes: Iterable[Node]) -> None:

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 
 from fliswarm.commands import parser
 from fliswarm.commands._common import enabled_names, report_devices, report_engine_nodes
-from fliswarm.status import StatusWriter
-from fliswarm.status_engine import by_engine
+from fliswarm.status import by_engine
 
 
 if TYPE_CHECKING:
@@ -30,20 +29,18 @@ async def status(command: FLISwarmCommand, nodes: NodesType):
     """
 
     names = enabled_names(nodes)
-    out = StatusWriter(command)
-    out.info(enabledNodes=names)
-    supervisor = getattr(command.actor, "supervisor", None)
-    if supervisor is not None:
-        for name, state in supervisor.states().items():
-            out.info(nodeState=state.keyword(name))
+    command.info(enabledNodes=names)
+    supervisor = command.actor.supervisor
+    for name, state in supervisor.states().items():
+        command.info(nodeState=state.keyword(name))
     probed = []
     for name in names:
         node = nodes[name]
-        if supervisor is not None and supervisor.is_offline(name):
+        if supervisor.is_offline(name):
             reason = supervisor.state(name).reason
-            out.warning(text=f"{name}: offline ({reason}).")
-            out.info(node=[name, node.addr, node.daemon_addr, False, False])
-            report_devices(command, out, [node])
+            command.warning(text=f"{name}: offline ({reason}).")
+            command.info(node=[name, node.addr, node.daemon_addr, False, False])
+            report_devices(command, [node])
         else:
             probed.append(node)
     await asyncio.gather(*[report_engine_nodes(command, group) for group in by_engine(probed)])

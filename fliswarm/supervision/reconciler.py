@@ -33,6 +33,22 @@ __all__ = ["NodeReconciler", "Outcome"]
 log = logging.getLogger("fliswarm.supervision")
 
 
+async def _wait_set(event: asyncio.Event, timeout: float) -> None:
+    """Waits until ``event`` is set, at most ``timeout`` seconds.
+
+    Not ``wait_for``: on Python 3.11 it swallows a cancellation that comes while the event is
+    being set, and the reconciler then never stops.
+    """
+
+    if event.is_set():
+        return
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+
+
 class Outcome(enum.Enum):
     """How a reconcile step ended, which decides when the next one runs."""
 
@@ -79,17 +95,25 @@ class NodeReconciler:
         self._engine_reason = ""
         self._warned: str | None = None
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self.report = SupervisorReport(self)
 
     # ------------------------------------------------------------------ plumbing
 
     def start(self) -> None:
         if self._task is None or self._task.done():
+            self._stopping = False
             self._task = asyncio.create_task(self._loop(), name=f"fliswarm-reconcile-{self.name}")
 
     async def stop(self) -> None:
+        """Ends the supervision of the node (a step in progress is cancelled)."""
+
         task, self._task = self._task, None
         if task is not None:
+            # The flag and the wake-up end the loop even if the cancellation is lost (on
+            # Python 3.11, wait_for swallows one that comes as its awaitable completes).
+            self._stopping = True
+            self.wake_event.set()
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
@@ -117,11 +141,12 @@ class NodeReconciler:
         while True:
             now = self._loop_time()
             wait = safety if retry_at is None else max(0.0, retry_at - now)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake_event.wait(), wait)
+            await _wait_set(self.wake_event, wait)
             hold = self._not_before - self._loop_time()
-            if hold > 0:  # Back-off: events that came meanwhile are handled in one step.
+            if hold > 0 and not self._stopping:  # Back-off: events meanwhile make one step.
                 await asyncio.sleep(hold)
+            if self._stopping:
+                return
             self.wake_event.clear()
             try:
                 outcome = await self.step()

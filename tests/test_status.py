@@ -1,0 +1,168 @@
+"""`fliswarm.status`: the nodes of one engine reported together (the ``status`` command and
+`.Node.report_status`).
+
+Unit tests of the grouping and call-sharing logic with counting stand-in engines (no network);
+the real engine path is covered by ``test_actor_bed.py``, ``test_tls.py`` and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from fliswarm.containers import LABEL_MANAGED, LABEL_NODE
+from fliswarm.exceptions import NodeUnreachableError
+from fliswarm.node import Node
+from fliswarm.status import by_engine, report_engine
+
+
+class CountingEngine:
+    """Answers like an engine with one running container per logical node; counts calls."""
+
+    def __init__(self, nodes: list[str]) -> None:
+        self.nodes = nodes
+        self.calls: dict[str, int] = {"ping": 0, "containers": 0, "volumes": 0}
+        self.filters: list[dict[str, list[str]]] = []
+        self.last_error: str | None = None
+
+    async def ping(self, timeout: float | None = None) -> bool:
+        self.calls["ping"] += 1
+        await asyncio.sleep(0)
+        return True
+
+    async def list_containers(self, filters: dict[str, list[str]], all: bool = True) -> list[Any]:
+        self.calls["containers"] += 1
+        self.filters.append(filters)
+        return [
+            {
+                "Id": f"{i:02d}" * 32,
+                "Names": [f"/flicamera-{name}"],
+                "Labels": {LABEL_MANAGED: "true", LABEL_NODE: name},
+            }
+            for i, name in enumerate(self.nodes)
+        ]
+
+    async def list_volumes(self) -> list[dict[str, Any]]:
+        self.calls["volumes"] += 1
+        return [{"Name": "data", "Options": {"device": "/data"}}]
+
+
+class DeadEngine(CountingEngine):
+    """An engine that cannot be reached: the lists fail, so the node is probed."""
+
+    async def ping(self, timeout: float | None = None) -> bool:
+        self.calls["ping"] += 1
+        return False
+
+    async def list_containers(self, filters: dict[str, list[str]], all: bool = True) -> list[Any]:
+        self.calls["containers"] += 1
+        raise NodeUnreachableError("a", "cannot connect")
+
+
+class Recorder:
+    """Records the keywords written (as a CLU command would receive them)."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.actor = SimpleNamespace(config=config or {})
+
+    def _add(self, code: str, keywords: dict[str, Any]) -> None:
+        keywords.pop("validate", None)
+        self.messages.append((code, keywords))
+
+    def debug(self, **keywords: Any) -> None:
+        self._add("d", keywords)
+
+    def info(self, **keywords: Any) -> None:
+        self._add("i", keywords)
+
+    def warning(self, **keywords: Any) -> None:
+        self._add("w", keywords)
+
+
+def _nodes(names: list[str], engine: Any, addr: str = "tcp://127.0.0.1:2375") -> list[Node]:
+    nodes = []
+    for name in names:
+        node = Node(name, "127.0.0.1", daemon_addr=addr)
+        node.engine = engine
+
+        async def no_icmp(timeout: float | None = None) -> bool:
+            return True
+
+        node.ping = no_icmp  # type: ignore[method-assign]  # No ICMP from a unit test.
+        nodes.append(node)
+    return nodes
+
+
+async def test_the_nodes_of_one_engine_share_its_calls():
+    names = [f"s{i:02d}" for i in range(10)]
+    engine = CountingEngine(names[:-1])  # The last one has no container.
+    nodes = _nodes(names, engine)
+    command = Recorder()
+    containers = [f"flicamera-{name}" for name in names]
+    results = await report_engine(command, nodes, containers, ["data", "gone"], 0.5)
+
+    # The lists answering prove the engine alive: no /_ping at all, one list of each.
+    assert engine.calls == {"ping": 0, "containers": 1, "volumes": 1}
+    assert engine.filters == [{"label": [f"{LABEL_MANAGED}=true"], "status": ["running"]}]
+    # Each node still gets its own container (the one labelled with its name) and volumes.
+    assert [r["container"] for r in results[:-1]] == [f"{i:02d}" * 6 for i in range(9)]
+    assert results[-1]["container"] is None
+    assert all(r["volumes"] == {"data": "/data", "gone": None} for r in results)
+    # Per node, in order: node, container, volumes; the warnings name the node.
+    first = [(code, next(iter(m))) for code, m in command.messages if _about(m, "s00")]
+    assert first == [
+        ("i", "node"),
+        ("d", "container"),
+        ("d", "volume"),  # data
+        ("w", "text"),  # gone is missing
+        ("d", "volume"),
+    ]
+    warnings = [m["text"] for code, m in command.messages if code == "w"]
+    assert "No containers running on 127.0.0.1." in warnings
+    assert warnings.count("Volume gone not present in s00.") == 1
+
+
+def _about(message: dict[str, Any], node: str) -> bool:
+    value = next(iter(message.values()))
+    return value[0] == node if isinstance(value, list) else f" {node}." in value
+
+
+async def test_a_dead_engine_reports_every_node_dead_with_one_probe():
+    engine = DeadEngine(["a", "b"])
+    nodes = _nodes(["a", "b"], engine)
+    command = Recorder()
+    results = await report_engine(command, nodes, [None, None], [], 0.5)
+    assert engine.calls["ping"] == 1
+    assert [(r["node_alive"], r["docker_alive"]) for r in results] == [(True, False)] * 2
+    infos = [m["node"] for code, m in command.messages if code == "i"]
+    assert infos == [
+        ["a", "127.0.0.1", "tcp://127.0.0.1:2375", True, False],
+        ["b", "127.0.0.1", "tcp://127.0.0.1:2375", True, False],
+    ]
+    assert not [m for code, m in command.messages if code == "d"]
+
+
+def test_by_engine_keeps_the_order():
+    engine = CountingEngine([])
+    a = _nodes(["a1", "a2"], engine, "tcp://10.0.0.1:2375")
+    b = _nodes(["b1"], engine, "tcp://10.0.0.2:2375")
+    assert by_engine([a[0], b[0], a[1]]) == [[a[0], a[1]], [b[0]]]
+
+
+async def test_node_report_status_is_the_same_report():
+    """The original's `Node.report_status` (volumes from the command's actor) gives the lines
+    `report_engine` gives that node, and honours ``volumes`` and ``containers``."""
+
+    engine = CountingEngine(["a"])
+    [node] = _nodes(["a"], engine)
+    config = {"volumes": {"data": {}, "home": {}}, "ping_timeout": 0.5}
+    alone, together = Recorder(config), Recorder()
+    result = await node.report_status(alone)
+    [expected] = await report_engine(together, [node], [None], ["data", "home"], 0.5)
+    assert result == expected and alone.messages == together.messages
+
+    bare = Recorder(config)
+    await node.report_status(bare, volumes=False, containers=False)
+    assert [next(iter(m)) for _, m in bare.messages] == ["node"]
