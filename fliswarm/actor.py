@@ -7,7 +7,6 @@ import contextlib
 import copy
 import inspect
 import logging
-import os
 import pathlib
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from fliswarm.compat import HardenedLegacyActor
 from fliswarm.device import FlicameraDevice
 from fliswarm.provision import Provisioner
 from fliswarm.provision.desired import desired_node
+from fliswarm.settings import Settings
 from fliswarm.supervision import Supervisor
 
 
@@ -36,7 +36,8 @@ class FLISwarmActor(HardenedLegacyActor):
     Create it with `from_config`. Commands (``fliswarm.commands``) receive the command and
     ``self.nodes``; the actor keeps:
 
-    - ``config``: the resolved configuration (`fliswarm.config.load_config`);
+    - ``config``: the resolved configuration (`fliswarm.config.load_config`), and
+      ``settings``, the same typed (`fliswarm.settings.Settings`);
     - ``nodes``: a `.Node` per configured node, by name (``enabled`` as configured);
     - ``flicameras``: a `.FlicameraDevice` per configured node, by name.
     """
@@ -54,9 +55,9 @@ class FLISwarmActor(HardenedLegacyActor):
         super().__init__(*args, **kwargs)
         if kwargs.get("additional_properties") and self.model is not None:
             self.model.schema["additionalProperties"] = True  # Old configurations.
-        self.observatory: str | None = self.config.get("observatory") or os.environ.get(
-            "OBSERVATORY"
-        )
+        #: The configuration, typed (`fliswarm.settings.Settings`).
+        self.settings = Settings.from_config(self.config)
+        self.observatory = self.settings.observatory
         #: Nodes by name. Mutate in place: it is the first of the commands' parser_args.
         self.nodes: dict[str, Node] = {}
         #: Connections to the flicamera actors, by node name.
@@ -66,24 +67,23 @@ class FLISwarmActor(HardenedLegacyActor):
         self._tron_task: asyncio.Task | None = None
         self._started = False
 
-        for name in self.config.get("nodes") or {}:
+        for name in self.settings.nodes:
             self.add_node(name)
 
         #: The one way a node is brought to its desired state (`fliswarm.provision`).
         self.provisioner = Provisioner(
             self.nodes,
             self.flicameras,
-            lambda name: desired_node(self, name),
-            ready_timeout=float(self.timeouts.get("container_ready", 30.0)),
-            attempt_timeout=self.device_connect_timeout,
+            lambda name: desired_node(self.settings, name),
+            ready_timeout=self.settings.timeouts.container_ready,
+            attempt_timeout=self.settings.timeouts.device_connect,
             on_done=lambda name: self.supervisor.wake(name),
         )
         #: Self-healing supervision of the enabled nodes (`fliswarm.supervision`).
         self.supervisor = Supervisor(self, self.provisioner)
 
-        interval = self.config.get("status_interval", 300)
-        if interval:
-            self.timed_commands.add_command("status", delay=interval)
+        if self.settings.status_interval:
+            self.timed_commands.add_command("status", delay=self.settings.status_interval)
 
     @classmethod
     def from_config(cls, config: Any = None, *args: Any, **kwargs: Any) -> FLISwarmActor:
@@ -108,58 +108,45 @@ class FLISwarmActor(HardenedLegacyActor):
         actor_kwargs.update(kwargs)
         return cls(*args, config=config, **actor_kwargs)
 
-    # Configuration helpers
-
-    @property
-    def timeouts(self) -> dict[str, float]:
-        return self.config.get("timeouts") or {}
-
-    @property
-    def talk_timeout(self) -> float:
-        """Default time limit of a command sent to a flicamera actor."""
-
-        return float(self.timeouts.get("talk", 30.0))
-
-    @property
-    def device_connect_timeout(self) -> float:
-        """Time limit to connect to a flicamera actor."""
-
-        return float(self.timeouts.get("device_connect", 5.0))
-
     def get_container_name(self, node: Node | str) -> str:
         """Returns the name of the flicamera container of a node (``flicamera-gfa1``)."""
 
-        name = node if isinstance(node, str) else node.name
-        return f"{self.config.get('container_name', 'flicamera')}-{name}"
+        return self.settings.container(node if isinstance(node, str) else node.name)
 
     def add_node(self, name: str) -> Node:
-        """Creates (or replaces) the `.Node` and `.FlicameraDevice` of a configured node."""
+        """Creates (or replaces) the `.Node` and `.FlicameraDevice` of a configured node.
+
+        A node added to ``config`` since the actor was made is read from there.
+        """
 
         from fliswarm.node import Node
 
-        ncfg = self.config["nodes"][name]
-        timeouts = self.timeouts
+        if name not in self.settings.nodes:
+            self.settings = Settings.from_config(self.config)
+        settings = self.settings
+        config = settings.nodes[name]
+        timeouts = settings.timeouts
         node = Node(
             name,
-            ncfg["host"],
-            category=ncfg.get("category"),
-            daemon_addr=ncfg.get("docker-client"),
-            registry=self.config.get("registry"),
-            connect_timeout=timeouts.get("docker_connect", 2.0),
-            request_timeout=timeouts.get("docker_request", 10.0),
-            pull_timeout=timeouts.get("docker_pull", 600.0),
-            ping_timeout=self.config.get("ping_timeout", 0.6),
-            tls=ncfg.get("docker-tls"),
+            config.host,
+            category=config.category,
+            daemon_addr=config.docker_client,
+            registry=settings.registry,
+            connect_timeout=timeouts.docker_connect,
+            request_timeout=timeouts.docker_request,
+            pull_timeout=timeouts.docker_pull,
+            ping_timeout=settings.ping_timeout,
+            tls=config.docker_tls,
         )
         node.enabled = name in (self.config.get("enabled_nodes") or [])
         self.nodes[name] = node
         if name not in self.flicameras:
             self.flicameras[name] = FlicameraDevice(
                 name,
-                ncfg["host"],
-                ncfg["port"],
+                config.host,
+                config.port,
                 actor=self,
-                connect_timeout=self.device_connect_timeout,
+                connect_timeout=timeouts.device_connect,
             )
         return node
 
@@ -172,7 +159,7 @@ class FLISwarmActor(HardenedLegacyActor):
         """
 
         selected = names if names is not None else [n.name for n in self._enabled()]
-        limit = 2 * float(self.timeouts.get("docker_connect", 2.0)) + 1
+        limit = 2 * self.settings.timeouts.docker_connect + 1
 
         async def connect(name: str) -> bool:
             try:
@@ -195,7 +182,7 @@ class FLISwarmActor(HardenedLegacyActor):
         """
 
         device = self.flicameras[name]
-        await device.start(timeout if timeout is not None else self.device_connect_timeout)
+        await device.start(timeout)
         return device
 
     async def connect_devices(
@@ -208,9 +195,7 @@ class FLISwarmActor(HardenedLegacyActor):
         """
 
         selected = names if names is not None else [n.name for n in self._enabled()]
-        limit = float(self.timeouts.get("docker_connect", 2.0)) + float(
-            self.timeouts.get("docker_request", 10.0)
-        )
+        limit = self.settings.timeouts.docker_connect + self.settings.timeouts.docker_request
 
         async def connect(name: str) -> bool:
             if check_container:

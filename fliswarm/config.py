@@ -12,7 +12,6 @@ Two layouts are accepted:
 
 from __future__ import annotations
 
-import copy
 import os
 import pathlib
 import shlex
@@ -26,11 +25,11 @@ from fliswarm.config_errors import (
     ConfigError,
     ConfigWarning,
     describe,
-    get_schema,
     get_validator,
     key_path,
     schema_error,
     unknown_keys,
+    with_defaults,
 )
 from fliswarm.tools import split_names
 
@@ -181,19 +180,6 @@ def _choose_site(
     raise ConfigError(reason, file, "observatory")
 
 
-def _fill(section: dict[str, Any] | None, schema: dict[str, Any]) -> dict[str, Any]:
-    """Returns the known keys of ``section`` with the schema defaults filled in."""
-
-    section = section or {}
-    out: dict[str, Any] = {}
-    for key, sub in schema["properties"].items():
-        if key in section:
-            out[key] = copy.deepcopy(section[key])
-        elif "default" in sub:
-            out[key] = copy.deepcopy(sub["default"])
-    return out
-
-
 def _tls(value: dict[str, Any] | None) -> dict[str, str] | None:
     return {key: value[key] for key in TLS_KEYS} if value else None
 
@@ -216,14 +202,13 @@ def _resolve(
 ) -> dict[str, Any]:
     """Builds the flat, resolved configuration from a valid file."""
 
-    props = get_schema()["properties"]
     actor_in = data["actor"]
-    actor = _fill(actor_in, props["actor"])
+    actor = with_defaults(actor_in, "actor")
     actor = {key: actor.get(key) for key in ACTOR_KEYS}
     if "additional_properties" in actor_in:
         actor["additional_properties"] = actor_in["additional_properties"]
 
-    ssh = _fill(data.get("ssh"), props["ssh"])
+    ssh = with_defaults(data.get("ssh"), "ssh")
     global_tls = _tls(data.get("docker-tls"))
 
     resolved_nodes: dict[str, Any] = {}
@@ -238,26 +223,27 @@ def _resolve(
             out["environment"] = dict(node["environment"])
         resolved_nodes[name] = out
 
-    volumes = {}
-    volume_schema = props["volumes"]["additionalProperties"]
-    for name, volume in (data.get("volumes") or {}).items():
-        volumes[name] = _fill(volume, volume_schema)
+    volumes = {
+        name: with_defaults(volume, "volumes", "*")
+        for name, volume in (data.get("volumes") or {}).items()
+    }
 
+    top = with_defaults(data)
     return {
         "actor": actor,
         "observatory": observatory,
         "registry": data.get("registry"),
         "image": data["image"],
-        "container_name": data.get("container_name", props["container_name"]["default"]),
-        "ping_timeout": data.get("ping_timeout", props["ping_timeout"]["default"]),
-        "status_interval": data.get("status_interval", props["status_interval"]["default"]),
-        "timeouts": _fill(data.get("timeouts"), props["timeouts"]),
-        "restart_policy": data.get("restart_policy", props["restart_policy"]["default"]),
-        "self_healing": data.get("self_healing", props["self_healing"]["default"]),
-        "replace_drifted": data.get("replace_drifted", props["replace_drifted"]["default"]),
-        "environment": dict(data.get("environment") or {}),
+        "container_name": top["container_name"],
+        "ping_timeout": top["ping_timeout"],
+        "status_interval": top["status_interval"],
+        "timeouts": with_defaults(data.get("timeouts"), "timeouts"),
+        "restart_policy": top["restart_policy"],
+        "self_healing": top["self_healing"],
+        "replace_drifted": top["replace_drifted"],
+        "environment": dict(top["environment"]),
         "docker-tls": global_tls,
-        "reboot_command": data.get("reboot_command", props["reboot_command"]["default"]),
+        "reboot_command": top["reboot_command"],
         "ssh": ssh,
         "power": _power(data.get("power")),
         "enabled_nodes": list(enabled),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import pathlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -26,6 +27,7 @@ __all__ = [
     "format_error",
     "schema_error",
     "unknown_keys",
+    "with_defaults",
 ]
 
 
@@ -68,6 +70,27 @@ def get_schema() -> dict[str, Any]:
 
     with open(schema_path(), encoding="utf-8") as fd:
         return json.load(fd)
+
+
+def with_defaults(section: Mapping[str, Any] | None, *path: str) -> dict[str, Any]:
+    """The known properties of ``section`` with the schema's defaults for the missing ones.
+
+    ``path`` names the object in the schema (``"timeouts"``; ``"volumes", "*"`` for a volume,
+    ``"*"`` standing for ``additionalProperties``); no path is the top level. The schema is
+    the one place fliswarm's defaults are written.
+    """
+
+    schema: Mapping[str, Any] = get_schema()
+    for key in path:
+        schema = schema["additionalProperties"] if key == "*" else schema["properties"][key]
+    section = section or {}
+    out: dict[str, Any] = {}
+    for key, sub in schema["properties"].items():
+        if key in section:
+            out[key] = copy.deepcopy(section[key])
+        elif "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+    return out
 
 
 def _is_integer(checker: Any, instance: Any) -> bool:

@@ -16,10 +16,11 @@ import pytest
 from helpers_actor import ActorClient, free_port, write_config
 
 from fliswarm.actor import FLISwarmActor
-from fliswarm.commands._common import container_spec, container_user
 from fliswarm.commands.reboot import ssh_argv, ssh_outcome
 from fliswarm.commands.simulate import find_files, image_cycle
 from fliswarm.config import load_config
+from fliswarm.provision.desired import container_spec, container_user
+from fliswarm.settings import NodeSettings
 
 
 # Unit tests
@@ -105,9 +106,13 @@ def test_find_files(tmp_path: Path):
 
 
 def test_container_user():
-    assert container_user({"docker-uid": 2005, "docker-gid": 3005}) == "2005:3005"
-    assert container_user({"docker-uid": 0, "docker-gid": None}) == "0"
-    assert container_user({"docker-gid": 5}) is None
+    def node(**ids: int | None) -> NodeSettings:
+        return NodeSettings("gfa1", "h", 19995, "tcp://h:2375", docker_uid=ids.get("uid"),
+                            docker_gid=ids.get("gid"))  # fmt: skip
+
+    assert container_user(node(uid=2005, gid=3005)) == "2005:3005"
+    assert container_user(node(uid=0)) == "0"
+    assert container_user(node(gid=5)) is None
 
 
 def test_container_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -115,7 +120,7 @@ def test_container_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     config = load_config()  # The shipped APO/LCO configuration.
     config["environment"] = {"EXTRA": "1"}
     actor = FLISwarmActor.from_config(config)
-    spec = container_spec(actor, "gfa3", force=True)
+    spec = container_spec(actor.settings, "gfa3")
     assert spec == {
         "name": "flicamera-gfa3",
         "image": "sdss/flicamera:latest",
@@ -125,7 +130,6 @@ def test_container_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         "envs": {"ACTOR_NAME": "gfa3", "OBSERVATORY": "APO", "EXTRA": "1"},
         "user": "2005:3005",
         "network": "host",
-        "force": True,
     }
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pathlib
-from types import SimpleNamespace
 
 import pytest
 
 from fliswarm.config import ConfigError, load_config
 from fliswarm.provision.desired import container_spec
+from fliswarm.settings import Settings
 
 
 CONFIG = """
@@ -36,10 +36,8 @@ def test_node_environment_resolved(tmp_path: pathlib.Path) -> None:
 
 def test_node_environment_in_container_spec(tmp_path: pathlib.Path) -> None:
     config = _load(tmp_path)
-    actor = SimpleNamespace(
-        config=config, observatory="APO", get_container_name=lambda n: f"flicamera-{n}"
-    )
-    one = container_spec(actor, "gfa1")["envs"]
+    settings = Settings.from_config(dict(config, observatory="APO"))
+    one = container_spec(settings, "gfa1")["envs"]
     assert one == {
         "ACTOR_NAME": "gfa1",
         "OBSERVATORY": "APO",
@@ -47,7 +45,7 @@ def test_node_environment_in_container_spec(tmp_path: pathlib.Path) -> None:
         "FLICAMERA_PORT": "19995",
         "SHARED": "gfa1",  # The node's value wins over the top-level one.
     }
-    two = container_spec(actor, "gfa2")["envs"]
+    two = container_spec(settings, "gfa2")["envs"]
     assert two["SHARED"] == "top" and "FLICAMERA_PORT" not in two
 
 

@@ -192,7 +192,7 @@ async def test_converges_to_the_configuration(swarm: Swarm) -> None:
     assert swarm.actor is not None
     for name in swarm.names:
         info = await swarm.inspect(name)
-        desired = desired_node(swarm.actor, name)
+        desired = desired_node(swarm.actor.settings, name)
         assert info["Config"]["Labels"][LABEL_CONFIG_HASH] == desired.config_hash
         assert info["HostConfig"]["Privileged"] is True
         assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"

@@ -26,6 +26,7 @@ from fliswarm.provision.desired import (
     desired_node,
     engine_restart_policy,
 )
+from fliswarm.settings import Settings
 from fliswarm.supervision import Supervisor
 from fliswarm.supervision.reconciler import NodeReconciler, Outcome
 from fliswarm.supervision.state import (
@@ -66,9 +67,8 @@ def make_actor(**overrides: Any) -> SimpleNamespace:
     config.update(overrides)
     return SimpleNamespace(
         config=config,
-        observatory="APO",
+        settings=Settings.from_config(dict(config, observatory="APO")),
         nodes={},
-        get_container_name=lambda name: f"{config['container_name']}-{name}",
     )
 
 
@@ -185,7 +185,7 @@ def test_engine_restart_policy() -> None:
 
 def test_desired_node_from_config() -> None:
     actor = make_actor(restart_policy="on-failure", replace_drifted=True)
-    desired = desired_node(actor, "gfa1")
+    desired = desired_node(actor.settings, "gfa1")
     assert desired.container == "flicamera-gfa1"
     assert desired.spec["user"] == "2005:3005"
     assert desired.spec["envs"] == {
@@ -193,21 +193,21 @@ def test_desired_node_from_config() -> None:
         "OBSERVATORY": "APO",
         "FLICAMERA_DATA_DIR": "/data",
     }
-    assert desired.spec["privileged"] is True and "force" not in desired.spec
+    assert desired.spec["privileged"] is True
     assert desired.volumes == {
         "data": {"driver": "local", "opts": {"type": "none", "o": "bind", "device": "/srv/data"}}
     }
     assert desired.restart_policy == "on-failure" and desired.replace_drifted
     assert desired.engine_restart["Name"] == "on-failure"
-    assert desired_node(actor, "fvc").spec["user"] is None
+    assert desired_node(actor.settings, "fvc").spec["user"] is None
 
 
 def test_desired_hash_is_the_label_node_gives() -> None:
     """The hash must equal the label `Node.run_container` puts on the container."""
 
     actor = make_actor()
-    desired = desired_node(actor, "gfa1")
-    spec = container_spec(actor, "gfa1")
+    desired = desired_node(actor.settings, "gfa1")
+    spec = container_spec(actor.settings, "gfa1")
     ref = image_reference(spec["image"], spec["registry"])
     canonical = canonical_config(
         spec["name"], ref, {"data": "/srv/data"}, True, spec["envs"], {}, "host", spec["user"]
@@ -226,18 +226,18 @@ def test_desired_hash_is_the_label_node_gives() -> None:
     ],
 )
 def test_every_setting_changes_the_hash(change: dict[str, Any]) -> None:
-    assert desired_node(make_actor(), "gfa1").config_hash != (
-        desired_node(make_actor(**change), "gfa1").config_hash
+    assert desired_node(make_actor().settings, "gfa1").config_hash != (
+        desired_node(make_actor(**change).settings, "gfa1").config_hash
     )
 
 
 def test_volume_without_device_gives_no_hash() -> None:
     actor = make_actor(volumes={"scratch": {"driver": "local", "opts": {"type": "tmpfs"}}})
-    assert desired_node(actor, "gfa1").config_hash is None
+    assert desired_node(actor.settings, "gfa1").config_hash is None
 
 
 def test_drift_detection() -> None:
-    desired = desired_node(make_actor(), "gfa1")
+    desired = desired_node(make_actor().settings, "gfa1")
 
     def info(labels: dict[str, str]) -> dict[str, Any]:
         return {"Id": "abc", "Config": {"Labels": labels}}
@@ -260,7 +260,7 @@ def test_drift_detection() -> None:
 def provisioner(actor: Any) -> Provisioner:
     """A provisioner with no node (these tests never repair one)."""
 
-    return Provisioner({}, {}, lambda name: desired_node(actor, name), 30.0, 5.0)
+    return Provisioner({}, {}, lambda name: desired_node(actor.settings, name), 30.0, 5.0)
 
 
 class Clock:

@@ -64,11 +64,9 @@ def choose_nodes(
 def status_limit(actor: FLISwarmActor) -> float:
     """The longest a node's status report may take before it is abandoned, in seconds."""
 
-    timeouts = actor.timeouts
-    ping = float(actor.config.get("ping_timeout") or 1.0)
-    connect = float(timeouts.get("docker_connect", 2.0))
-    request = float(timeouts.get("docker_request", 10.0))
-    return max(ping, connect) + request + 1.0
+    settings = actor.settings
+    timeouts = settings.timeouts
+    return max(settings.ping_timeout, timeouts.docker_connect) + timeouts.docker_request + 1.0
 
 
 def report_devices(command: FLISwarmCommand, nodes: list[Node]) -> None:

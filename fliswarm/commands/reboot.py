@@ -27,11 +27,8 @@ __all__ = [
     "ssh_reboot",
     "ssh_outcome",
     "power_command",
-    "DEFAULT_POWER_TIMEOUT",
 ]
 
-#: Time limit of one power actor command when ``timeouts.power`` is not configured (s).
-DEFAULT_POWER_TIMEOUT = 30.0
 #: Seconds a node stays off during a hard reboot, by default.
 DEFAULT_OFF_TIME = 3.0
 _CLOSED_BY_REMOTE = ("closed by remote host", "connection reset by peer")
@@ -161,21 +158,19 @@ async def _forget_connections(command: FLISwarmCommand, names: Sequence[str]) ->
 
 
 async def _soft(command: FLISwarmCommand, selected: list[str]) -> dict[str, str]:
-    actor = command.actor
-    config = actor.config
-    ssh_config = config.get("ssh") or {}
-    timeout = float(actor.timeouts.get("ssh", 15.0))
+    settings = command.actor.settings
+    timeout = settings.timeouts.ssh
     connect_timeout = max(1.0, timeout * 2 / 3)
 
     async def one(name: str) -> str | None:
-        node_config = config["nodes"][name]
+        node = settings.nodes[name]
         try:
             argv = ssh_argv(
-                node_config["host"],
-                config.get("reboot_command") or "sudo reboot",
-                user=node_config.get("user"),
+                node.host,
+                settings.reboot_command,
+                user=node.user,
                 connect_timeout=connect_timeout,
-                known_hosts=ssh_config.get("known_hosts"),
+                known_hosts=settings.ssh.known_hosts,
             )
         except ValueError as err:
             return str(err)
@@ -191,18 +186,17 @@ async def _soft(command: FLISwarmCommand, selected: list[str]) -> dict[str, str]
 
 
 async def _hard(command: FLISwarmCommand, selected: list[str], off_time: float) -> dict[str, str]:
-    actor = command.actor
-    config = actor.config
-    power = config.get("power")
-    if not power:
+    settings = command.actor.settings
+    power = settings.power
+    if power is None:
         return {name: "no power section in the configuration." for name in selected}
-    target = power["actor"]
-    timeout = float(actor.timeouts.get("power", DEFAULT_POWER_TIMEOUT))
+    target = power.actor
+    timeout = settings.timeouts.power
 
     failed: dict[str, str] = {}
     devices: dict[str, str] = {}
     for name in selected:
-        device = (config["nodes"][name].get("power") or {}).get("device")
+        device = settings.nodes[name].power_device
         if device:
             devices[name] = device
         else:
@@ -212,7 +206,7 @@ async def _hard(command: FLISwarmCommand, selected: list[str], off_time: float) 
 
     async def switch(mode: str, names: list[str]) -> list[str]:
         command.info(text=f"Powering {mode} {', '.join(names)}.")
-        base = power["command"][f"power{mode}"]
+        base = power.poweron if mode == "on" else power.poweroff
         results = await asyncio.gather(
             *[power_command(command, target, f"{base} {devices[n]}", timeout) for n in names]
         )
@@ -232,7 +226,7 @@ async def _hard(command: FLISwarmCommand, selected: list[str], off_time: float) 
         await asyncio.sleep(off_time)  # The node must really lose power.
     on = await switch("on", off)
     if on:
-        await report_nodes(command, [actor.nodes[name] for name in on])
+        await report_nodes(command, [command.actor.nodes[name] for name in on])
     return failed
 
 

@@ -80,7 +80,7 @@ async def _run_on_node(
     # still run; one short attempt tells, without waiting out the full connect timeout.
     offline = actor.supervisor.is_offline(name)
     if not device.is_connected() and device.auto_connect:
-        timeout = actor.device_connect_timeout
+        timeout = actor.settings.timeouts.device_connect
         if offline:
             timeout = min(timeout, OFFLINE_CONNECT_TIMEOUT)
         try:
@@ -170,7 +170,7 @@ async def talk(
         return command.fail(error="No enabled camera matches the selection.")
 
     if timeout is None:
-        timeout = actor.talk_timeout + expected_duration(camera_command)
+        timeout = actor.settings.timeouts.talk + expected_duration(camera_command)
 
     results = await _run_on_nodes(command, selected, camera_string, timeout)
 

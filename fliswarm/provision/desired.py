@@ -1,15 +1,15 @@
 """The desired state of a node, derived from the configuration (pure logic).
 
-`container_spec` is the one definition of the flicamera container of a node (the
-``reconnect`` command uses it too); `desired_node` adds what the supervisor converges to:
-the volumes, the config hash the running container must carry, the restart policies.
+`container_spec` is the one definition of the flicamera container of a node; `desired_node`
+adds what provisioning converges to: the volumes, the config hash the running container must
+carry, the restart policies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from fliswarm.containers import (
     LABEL_CONFIG_HASH,
@@ -21,10 +21,13 @@ from fliswarm.containers import (
 )
 
 
+if TYPE_CHECKING:
+    from fliswarm.settings import NodeSettings, Settings
+
+
 __all__ = [
     "RESTART_POLICIES",
     "engine_restart_policy",
-    "ActorLike",
     "DesiredNode",
     "container_user",
     "container_spec",
@@ -38,54 +41,44 @@ __all__ = [
 RESTART_POLICIES = ("always", "on-failure", "never")
 
 
-class ActorLike(Protocol):
-    """What the desired state needs from the actor."""
-
-    config: dict[str, Any]
-    observatory: str | None
-
-    def get_container_name(self, node: Any) -> str: ...
-
-
-def container_user(node_config: Mapping[str, Any]) -> str | None:
+def container_user(node: NodeSettings) -> str | None:
     """``uid:gid`` (or ``uid``) the container runs as, from ``docker-uid``/``docker-gid``."""
 
-    uid, gid = node_config.get("docker-uid"), node_config.get("docker-gid")
-    if uid is None:
+    if node.docker_uid is None:
         return None
-    return f"{uid}:{gid}" if gid is not None else str(uid)
+    return (
+        f"{node.docker_uid}:{node.docker_gid}"
+        if node.docker_gid is not None
+        else str(node.docker_uid)
+    )
 
 
-def container_spec(actor: ActorLike, name: str, force: bool = False) -> dict[str, Any]:
+def container_spec(settings: Settings, name: str) -> dict[str, Any]:
     """The keyword arguments of `.Node.run_container` for the flicamera container of a node.
 
     Parameters
     ----------
-    actor
-        The fliswarm actor (its resolved ``config`` and ``observatory``).
+    settings
+        fliswarm's settings.
     name
         The node name.
-    force
-        Whether a running container is replaced.
     """
 
-    config = actor.config
-    node_config = config["nodes"][name]
+    node = settings.nodes[name]
     envs: dict[str, str] = {"ACTOR_NAME": name}
-    if actor.observatory:
-        envs["OBSERVATORY"] = actor.observatory
-    envs.update({str(k): str(v) for k, v in (config.get("environment") or {}).items()})
-    envs.update({str(k): str(v) for k, v in (node_config.get("environment") or {}).items()})
+    if settings.observatory:
+        envs["OBSERVATORY"] = settings.observatory
+    envs.update(settings.environment)
+    envs.update(node.environment)
     return {
-        "name": actor.get_container_name(name),
-        "image": config["image"],
-        "registry": config.get("registry"),
-        "volumes": list(config.get("volumes") or {}),
+        "name": settings.container(name),
+        "image": settings.image,
+        "registry": settings.registry,
+        "volumes": list(settings.volumes),
         "privileged": True,
         "envs": envs,
-        "user": container_user(node_config),
+        "user": container_user(node),
         "network": "host",
-        "force": force,
     }
 
 
@@ -131,7 +124,7 @@ class DesiredNode:
     name: str
     #: The flicamera container name (``flicamera-gfa1``).
     container: str
-    #: `.Node.run_container` keyword arguments (without ``force``).
+    #: `.Node.run_container` keyword arguments.
     spec: dict[str, Any]
     #: Volumes to create: name to ``{driver, opts}``.
     volumes: dict[str, dict[str, Any]]
@@ -147,28 +140,25 @@ class DesiredNode:
     engine_restart: dict[str, Any] = field(default_factory=dict)
 
 
-def desired_node(actor: ActorLike, name: str) -> DesiredNode:
-    """The desired state of a node from the actor's resolved configuration."""
+def desired_node(settings: Settings, name: str) -> DesiredNode:
+    """The desired state of a node from fliswarm's settings."""
 
-    config = actor.config
-    spec = container_spec(actor, name)
-    spec.pop("force")
+    spec = container_spec(settings, name)
     volumes = {
-        vname: {"driver": volume.get("driver", "local"), "opts": dict(volume.get("opts") or {})}
-        for vname, volume in (config.get("volumes") or {}).items()
+        vname: {"driver": volume.driver, "opts": dict(volume.opts)}
+        for vname, volume in settings.volumes.items()
     }
-    policy = str(config.get("restart_policy", "always"))
-    healing = bool(config.get("self_healing", True))
+    policy = settings.restart_policy
     return DesiredNode(
         name=name,
         container=spec["name"],
         spec=spec,
         volumes=volumes,
-        config_hash=desired_hash(spec, volumes, config.get("registry")),
+        config_hash=desired_hash(spec, volumes, settings.registry),
         restart_policy=policy,
-        self_healing=healing,
-        replace_drifted=bool(config.get("replace_drifted", False)),
-        engine_restart=engine_restart_policy(policy, healing),
+        self_healing=settings.self_healing,
+        replace_drifted=settings.replace_drifted,
+        engine_restart=engine_restart_policy(policy, settings.self_healing),
     )
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fliswarm.containers import LABEL_NODE, short_id
 from fliswarm.provision import Provisioner
@@ -39,6 +39,7 @@ from .state import Backoff, NodeState, NodeStatus, should_restart
 
 __all__ = [
     "Supervisor",
+    "SupervisedActor",
     "NodeState",
     "NodeStatus",
     "Backoff",
@@ -50,7 +51,27 @@ __all__ = [
     "should_restart",
 ]
 
+if TYPE_CHECKING:
+    from fliswarm.device import FlicameraDevice
+    from fliswarm.node import Node
+    from fliswarm.settings import Settings
+
+
 log = logging.getLogger("fliswarm.supervision")
+
+#: Seconds between two unprompted steps of a healthy node when ``status_interval`` is 0.
+SAFETY_INTERVAL = 300.0
+
+
+class SupervisedActor(Protocol):
+    """What the supervisor needs from the actor (`.FLISwarmActor` is one)."""
+
+    settings: Settings
+    nodes: Mapping[str, Node]
+    flicameras: Mapping[str, FlicameraDevice]
+
+    def write(self, message_code: str, message: dict[str, Any]) -> Any:
+        """Writes a reply to every user."""
 
 
 class Supervisor:
@@ -68,12 +89,13 @@ class Supervisor:
         ``(initial, maximum, factor, jitter)`` of each node's reconcile back-off.
     safety_interval
         Seconds between two unprompted reconcile steps of a healthy node (the safety net
-        behind the events); defaults to the configured ``status_interval`` (or 300).
+        behind the events); defaults to the configured ``status_interval`` (or
+        `SAFETY_INTERVAL` when the timed status is off).
     """
 
     def __init__(
         self,
-        actor: Any,
+        actor: SupervisedActor,
         provisioner: Provisioner,
         max_concurrent: int = 4,
         backoff: tuple[float, float, float, float] = (0.5, 30.0, 2.0, 0.25),
@@ -83,7 +105,7 @@ class Supervisor:
         self.provisioner = provisioner
         self.backoff = backoff
         if safety_interval is None:
-            safety_interval = float(actor.config.get("status_interval") or 300)
+            safety_interval = actor.settings.status_interval or SAFETY_INTERVAL
         self.safety_interval = safety_interval
         self.max_concurrent = max_concurrent
         self.reconcilers: dict[str, NodeReconciler] = {}
@@ -154,7 +176,7 @@ class Supervisor:
         self.reconcilers[name] = reconciler
         self._statuses.pop(name, None)
         device = self.actor.flicameras.get(name)
-        if device is not None and hasattr(device, "lost_callbacks"):
+        if device is not None:
             device.lost_callbacks.append(self._device_lost)
         watcher = EventWatcher(
             name,
@@ -175,7 +197,7 @@ class Supervisor:
         reconciler = self.reconcilers.pop(name, None)
         watcher = self.watchers.pop(name, None)
         device = self.actor.flicameras.get(name)
-        if device is not None and self._device_lost in getattr(device, "lost_callbacks", []):
+        if device is not None and self._device_lost in device.lost_callbacks:
             device.lost_callbacks.remove(self._device_lost)
         if watcher is not None:
             await watcher.stop()
@@ -216,7 +238,7 @@ class Supervisor:
         reconciler = self.reconcilers.get(name)
         if reconciler is None or attrs.get(LABEL_NODE, name) != name:
             return
-        if attrs.get("name") != self.actor.get_container_name(name):
+        if attrs.get("name") != self.actor.settings.container(name):
             return
         action = str(event.get("Action") or event.get("status") or "?")
         value: list[Any] = [name, action, short_id(str(actor.get("ID") or event.get("id") or ""))]
@@ -227,7 +249,7 @@ class Supervisor:
         if action != "kill":  # die follows kill; a start may need the device connected.
             reconciler.wake()
 
-    def _device_lost(self, device: Any, reason: str) -> None:
+    def _device_lost(self, device: FlicameraDevice, reason: str) -> None:
         reconciler = self.reconcilers.get(device.name)
         if reconciler is not None:
             reconciler.wake()

@@ -194,7 +194,7 @@ class NodeReconciler:
         if self.supervisor.provisioner.busy(self.name):  # We are woken when it is done.
             return Outcome.HOLD
         self.steps += 1
-        return await self._reconcile(desired_node(self.actor, self.name))
+        return await self._reconcile(desired_node(self.actor.settings, self.name))
 
     async def _reconcile(self, desired: DesiredNode) -> Outcome:
         name = self.name
