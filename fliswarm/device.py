@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fliswarm.device_stream import ReplyStream
+from fliswarm.engine import set_keepalive
 from fliswarm.subcommand import SubCommand
-from fliswarm.supervision.events import set_keepalive
 from fliswarm.tools import IDPool
 
 

@@ -1,15 +1,22 @@
 """A thin layer over aiodocker: one Docker engine, every call bounded and typed.
 
-`Engine` owns an `aiodocker.Docker` client for one node. Each call:
+The only module of the actor that uses aiodocker (and aiohttp). `Engine` owns an
+`aiodocker.Docker` client for one node. Each call:
 
 - runs under ``asyncio.wait_for`` (connect timeout + request timeout, or the given one),
   on top of the aiohttp connect/read timeouts, so a node whose packets vanish fails the
   call in bounded time;
-- turns aiodocker/aiohttp errors into `.NodeTimeoutError`, `.NodeUnreachableError` or
-  `.DockerAPIError`;
+- turns aiodocker/aiohttp errors into `.NodeTimeoutError`, `.NodeUnreachableError`,
+  `.NodeTLSError` or `.DockerAPIError`;
 - uses a fresh TCP connection (no keep-alive pool), so a restarted or power-cycled
   engine never leaves a stale pooled connection behind; after a connection error the
   whole client session is also re-created.
+
+Calls go through aiodocker's public API and return the engine's JSON as plain dicts. The
+few Engine API calls aiodocker 0.27 has no public method for go through `_gap` (and only
+those; each use says which public call is missing): the engine's ``/_ping``, a container's
+restart-policy update, the plugin list, a volume creation that returns the created volume,
+and an event subscription that says when it is live (`Engine.events`).
 
 Engines share nothing: calls on different nodes run fully concurrently.
 """
@@ -17,13 +24,19 @@ Engines share nothing: calls on different nodes run fully concurrently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import aiodocker
 import aiohttp
+from aiodocker.containers import DockerContainer
+from aiodocker.volumes import DockerVolume
 
 from .exceptions import (
     DockerAPIError,
@@ -35,12 +48,84 @@ from .exceptions import (
 from .tls import make_ssl_context, tls_reason
 
 
-__all__ = ["Engine", "make_ssl_context"]
+__all__ = ["Engine", "make_ssl_context", "KEEPALIVE", "set_keepalive", "keepalive_socket"]
+
+log = logging.getLogger("fliswarm.engine")
 
 T = TypeVar("T")
 
 #: aiodocker's status code for "cannot connect to the engine".
 _NO_CONNECTION = 900
+
+#: TCP keep-alive of long-lived connections (the event stream, flicamera): idle seconds,
+#: probe interval, probes. A silent peer (cable pulled, node powered off) breaks the
+#: connection after ~idle + interval * count s.
+KEEPALIVE = (4, 1, 3)
+
+#: The fields of a container in the engine's container list (``ContainerSummary`` of the
+#: Engine API): aiodocker's `DockerContainer` gives them by key only.
+_SUMMARY_FIELDS = (
+    "Id",
+    "Names",
+    "Image",
+    "ImageID",
+    "ImageManifestDescriptor",
+    "Command",
+    "Created",
+    "Ports",
+    "SizeRw",
+    "SizeRootFs",
+    "Labels",
+    "State",
+    "Status",
+    "HostConfig",
+    "NetworkSettings",
+    "Mounts",
+    "Health",
+)
+
+
+def set_keepalive(sock: Any) -> None:
+    """Turns on a short TCP keep-alive (`KEEPALIVE`) on a socket; never raises."""
+
+    idle, interval, count = KEEPALIVE
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", idle),
+            ("TCP_KEEPINTVL", interval),
+            ("TCP_KEEPCNT", count),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def keepalive_socket(addr_info: Any) -> socket.socket:
+    """An aiohttp ``socket_factory``: a TCP socket with a short keep-alive."""
+
+    sock = socket.socket(addr_info[0], addr_info[1], addr_info[2])
+    set_keepalive(sock)
+    return sock
+
+
+def _gap(
+    docker: aiodocker.Docker, path: str, method: str = "GET", **kwargs: Any
+) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    """One raw Engine API request, for the calls aiodocker 0.27 has no public method for.
+
+    aiodocker's own request primitive (private): HTTP errors raise `aiodocker.DockerError`
+    like its public calls. Nothing else in fliswarm uses it; each caller says which public
+    call is missing.
+    """
+
+    return docker._query(path, method, **kwargs)
+
+
+def _summary(container: DockerContainer) -> dict[str, Any]:
+    """A listed container as the engine's dict (no request: the list answer holds it)."""
+
+    return {key: container[key] for key in _SUMMARY_FIELDS if key in container}
 
 
 class Engine:
@@ -83,40 +168,60 @@ class Engine:
         self.last_failure: NodeError | None = None
         self._docker: aiodocker.Docker | None = None
 
+    def _timeouts(self) -> aiohttp.ClientTimeout:
+        """The aiohttp time limits of one request (the client's, and of stop and remove)."""
+
+        return aiohttp.ClientTimeout(
+            total=self.connect_timeout + self.request_timeout,
+            connect=self.connect_timeout,
+            sock_connect=self.connect_timeout,
+        )
+
+    def _new_client(
+        self, ssl_context: ssl.SSLContext | None, keepalive: bool = False
+    ) -> aiodocker.Docker:
+        """A client with its own session: one connection per request (``force_close``)."""
+
+        url = self.url
+        if ssl_context is not None and url.startswith("tcp://"):
+            url = "https://" + url[len("tcp://") :]
+        connector: aiohttp.BaseConnector
+        if url.startswith("unix://"):
+            connector = aiohttp.UnixConnector(url[len("unix://") :], force_close=True)
+        elif keepalive:
+            connector = aiohttp.TCPConnector(
+                force_close=True,
+                ssl=ssl_context if ssl_context else False,
+                socket_factory=keepalive_socket,
+            )
+        else:
+            connector = aiohttp.TCPConnector(
+                force_close=True, ssl=ssl_context if ssl_context else False
+            )
+        timeout = self._timeouts()
+        session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        return aiodocker.Docker(url=url, connector=connector, session=session, timeout=timeout)
+
     def _client(self) -> aiodocker.Docker:
         if self._docker is None:
             if self.ssl_context is None and self.tls:
                 self.ssl_context = make_ssl_context(self.tls, self.node)
-            url = self.url
-            if self.ssl_context is not None and url.startswith("tcp://"):
-                url = "https://" + url[len("tcp://") :]
-            connector: aiohttp.BaseConnector
-            if url.startswith("unix://"):
-                connector = aiohttp.UnixConnector(url[len("unix://") :], force_close=True)
-            else:
-                connector = aiohttp.TCPConnector(
-                    force_close=True, ssl=self.ssl_context if self.ssl_context else False
-                )
-            timeout = aiohttp.ClientTimeout(
-                total=self.connect_timeout + self.request_timeout,
-                connect=self.connect_timeout,
-                sock_connect=self.connect_timeout,
-            )
-            session = aiohttp.ClientSession(connector=connector, timeout=timeout)
-            self._docker = aiodocker.Docker(
-                url=url, connector=connector, session=session, timeout=timeout
-            )
+            self._docker = self._new_client(self.ssl_context)
         return self._docker
+
+    @staticmethod
+    async def _close_client(docker: aiodocker.Docker) -> None:
+        try:
+            await docker.close()
+        finally:
+            await docker.session.close()  # Ours (aiodocker leaves a given session open).
 
     async def close(self) -> None:
         """Closes the client session (a later call opens a new one)."""
 
         docker, self._docker = self._docker, None
         if docker is not None:
-            try:
-                await docker.close()
-            finally:
-                await docker.session.close()
+            await self._close_client(docker)
 
     def _translate(self, err: BaseException, what: str, timeout: float) -> NodeError:
         if isinstance(err, NodeError):
@@ -188,11 +293,13 @@ class Engine:
 
         return self.last_failure.message if self.last_failure is not None else None
 
-    async def get_or_none(self, what: str, path: str) -> dict[str, Any] | None:
-        """``GET path`` returning the JSON answer, or `None` for a 404."""
+    async def get_or_none(
+        self, what: str, fn: Callable[[aiodocker.Docker], Awaitable[T]]
+    ) -> T | None:
+        """`call` returning `None` for a 404 (no such object)."""
 
         try:
-            return await self.call(what, lambda d: d._query_json(path))
+            return await self.call(what, fn)
         except DockerAPIError as err:
             if err.status == 404:
                 return None
@@ -204,7 +311,9 @@ class Engine:
         """``GET /_ping``: whether the engine answers within ``timeout`` (never raises)."""
 
         async def _ping(docker: aiodocker.Docker) -> bool:
-            async with docker._query("_ping", versioned_api=False) as response:
+            # No public ping (docker.version() asks the engine for more, after an API version
+            # negotiation on a fresh session).
+            async with _gap(docker, "_ping", versioned_api=False) as response:
                 return response.status == 200 and (await response.text()) == "OK"
 
         try:
@@ -215,7 +324,16 @@ class Engine:
     async def info(self) -> dict[str, Any]:
         """``GET /info``."""
 
-        return await self.call("info", lambda d: d._query_json("info"))
+        return await self.call("info", lambda d: _as_dict(d.system.info()))
+
+    async def list_plugins(self) -> list[dict[str, Any]]:
+        """``GET /plugins``: the engine's managed plugins."""
+
+        async def _plugins(docker: aiodocker.Docker) -> Any:
+            async with _gap(docker, "plugins") as response:  # No public plugin list.
+                return await response.json()
+
+        return list(await self.call("list plugins", _plugins) or [])
 
     # Containers
 
@@ -224,40 +342,42 @@ class Engine:
     ) -> list[dict[str, Any]]:
         """``GET /containers/json`` with filters, as raw dicts."""
 
-        params = {"all": "1" if all else "0", "filters": json.dumps(filters)}
-        return await self.call(
-            "list containers", lambda d: d._query_json("containers/json", params=params)
-        )
+        async def _list(docker: aiodocker.Docker) -> list[dict[str, Any]]:
+            listed = await docker.containers.list(all=all, filters=json.dumps(filters))
+            return [_summary(container) for container in listed]
+
+        return await self.call("list containers", _list)
 
     async def inspect_container(self, name: str) -> dict[str, Any] | None:
         """Container inspect, or `None` if there is no such container."""
 
-        return await self.get_or_none(f"inspect container {name}", f"containers/{name}/json")
+        return await self.get_or_none(
+            f"inspect container {name}", lambda d: d.containers.container(name).show()
+        )
 
     async def create_container(self, name: str, body: dict[str, Any]) -> str:
         """Creates a container and returns its id."""
 
-        data = await self.call(
-            f"create container {name}",
-            lambda d: d._query_json("containers/create", "POST", params={"name": name}, data=body),
+        container = await self.call(
+            f"create container {name}", lambda d: d.containers.create(body, name=name)
         )
-        return str(data["Id"])
+        return str(container.id)
 
     async def start_container(self, cid: str) -> None:
         await self.call(
-            f"start container {cid[:12]}",
-            lambda d: d._query_json(f"containers/{cid}/start", "POST"),
+            f"start container {cid[:12]}", lambda d: d.containers.container(cid).start()
         )
 
     async def update_restart_policy(self, cid: str, policy: Mapping[str, Any]) -> None:
         """Sets the engine's restart policy of a container (``{"Name": "unless-stopped"}``)."""
 
-        await self.call(
-            f"update container {cid[:12]}",
-            lambda d: d._query_json(
-                f"containers/{cid}/update", "POST", data={"RestartPolicy": dict(policy)}
-            ),
-        )
+        async def _update(docker: aiodocker.Docker) -> None:
+            data = json.dumps({"RestartPolicy": dict(policy)})
+            # No public container update.
+            async with _gap(docker, f"containers/{cid}/update", "POST", data=data) as response:
+                await response.read()
+
+        await self.call(f"update container {cid[:12]}", _update)
 
     async def stop_container(self, cid: str, grace: float) -> None:
         """Stops a container (SIGTERM, SIGKILL after ``grace`` seconds)."""
@@ -266,7 +386,7 @@ class Engine:
         try:
             await self.call(
                 f"stop container {cid[:12]}",
-                lambda d: d._query_json(f"containers/{cid}/stop", "POST", params={"t": t}),
+                lambda d: d.containers.container(cid).stop(t=t, timeout=self._timeouts()),
                 timeout=self.connect_timeout + self.request_timeout + t,
             )
         except DockerAPIError as err:
@@ -279,9 +399,7 @@ class Engine:
         try:
             await self.call(
                 f"remove container {cid[:12]}",
-                lambda d: d._query_json(
-                    f"containers/{cid}", "DELETE", params={"force": "1", "v": "0"}
-                ),
+                lambda d: d.containers.container(cid).delete(force=True, timeout=self._timeouts()),
             )
         except DockerAPIError as err:
             if err.status != 404:
@@ -290,28 +408,29 @@ class Engine:
     # Volumes
 
     async def inspect_volume(self, name: str) -> dict[str, Any] | None:
-        return await self.get_or_none(f"inspect volume {name}", f"volumes/{name}")
+        return await self.get_or_none(
+            f"inspect volume {name}", lambda d: DockerVolume(d, name).show()
+        )
 
     async def list_volumes(self) -> list[dict[str, Any]]:
-        data = await self.call("list volumes", lambda d: d._query_json("volumes"))
+        data = await self.call("list volumes", lambda d: d.volumes.list())
         return list(data.get("Volumes") or [])
 
     async def create_volume(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.call(
-            f"create volume {body.get('Name')}",
-            lambda d: d._query_json("volumes/create", "POST", data=body),
-        )
+        async def _create(docker: aiodocker.Docker) -> Any:
+            # docker.volumes.create() returns the name only: the volume would cost a second GET.
+            async with _gap(docker, "volumes/create", "POST", data=json.dumps(body)) as response:
+                return await response.json()
+
+        return await self.call(f"create volume {body.get('Name')}", _create)
 
     async def remove_volume(self, name: str) -> None:
-        await self.call(
-            f"remove volume {name}",
-            lambda d: d._query_json(f"volumes/{name}", "DELETE"),
-        )
+        await self.call(f"remove volume {name}", lambda d: DockerVolume(d, name).delete())
 
     # Images
 
     async def inspect_image(self, ref: str) -> dict[str, Any] | None:
-        return await self.get_or_none(f"inspect image {ref}", f"images/{ref}/json")
+        return await self.get_or_none(f"inspect image {ref}", lambda d: d.images.inspect(ref))
 
     async def pull_image(self, ref: str) -> AsyncIterator[dict[str, Any]]:
         """Pulls an image, yielding the engine's progress messages.
@@ -321,34 +440,135 @@ class Engine:
         """
 
         name, tag = _split_tag(ref)
-        params = {"fromImage": name, "tag": tag}
         try:
             client = self._client()
-            # No read timeout: the caller bounds the whole pull.
-            timeout = aiohttp.ClientTimeout(
-                connect=self.connect_timeout, sock_connect=self.connect_timeout
-            )
-            async with client._query(
-                "images/create", "POST", params=params, timeout=timeout
-            ) as response:
-                buffer = b""
-                async for chunk in response.content.iter_any():
-                    buffer += chunk
-                    *lines, buffer = buffer.split(b"\n")
-                    for line in lines:
-                        if not line.strip():
-                            continue
-                        item = json.loads(line)
-                        if "error" in item or "errorDetail" in item:
-                            detail = item.get("errorDetail") or {}
-                            message = detail.get("message") or item.get("error") or str(item)
-                            raise DockerAPIError(self.node, 0, message)
-                        yield item
+            # No read timeout (aiodocker's default for pulls): the caller bounds the pull.
+            async for item in client.images.pull(name, tag=tag, stream=True):
+                yield item
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as err:
             error = self._translate(err, f"pull {ref}", self.request_timeout)
             if isinstance(error, NodeUnreachableError):
                 await self.close()
             raise error from err
+
+    # Events
+
+    @contextlib.asynccontextmanager
+    async def events(
+        self,
+        filters: Mapping[str, list[str]],
+        keepalive: bool = True,
+        timeout: float | None = None,
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Subscribes to the engine's events (``GET /events``)::
+
+            async with engine.events({"type": ["container"]}) as events:
+                ...  # The subscription is live: no event from now on is missed.
+                async for event in events:
+                    ...
+
+        The context is entered once the engine has answered, and gives the events as
+        dicts (blank and malformed lines are skipped) until the engine ends the stream.
+        The stream has its own client session (TLS files read again), closed on exit, and
+        no read timeout; with ``keepalive`` its connection has a short TCP keep-alive
+        (`KEEPALIVE`), so that a silent peer breaks it.
+
+        Parameters
+        ----------
+        filters
+            The engine's event filters (``{"type": ["container"], "label": [...]}``).
+        keepalive
+            Whether to turn on the short TCP keep-alive.
+        timeout
+            Seconds to subscribe (connect and get the answer); defaults to connect +
+            request timeouts.
+
+        Raises
+        ------
+        NodeError
+            `.NodeTimeoutError` if the engine does not answer in time, `.NodeTLSError`,
+            `.NodeUnreachableError` or `.DockerAPIError` if the subscription fails or the
+            stream breaks; the message says which stream (``event stream of <url>: ...``).
+        """
+
+        limit = timeout if timeout is not None else self.connect_timeout + self.request_timeout
+        try:
+            ssl_context = make_ssl_context(self.tls, self.node) if self.tls else self.ssl_context
+            docker = self._new_client(ssl_context, keepalive)
+        except (OSError, ValueError) as err:  # e.g. a missing TLS file (NodeTLSError).
+            kind = NodeTLSError if isinstance(err, NodeTLSError) else NodeUnreachableError
+            raise kind(self.node, f"event stream of {self.url}: {err}") from err
+        stream_timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.connect_timeout,
+            sock_connect=self.connect_timeout,
+            sock_read=None,
+        )
+        params = {"filters": json.dumps(filters)}
+        events: AsyncGenerator[dict[str, Any], None] | None = None
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    async with asyncio.timeout(limit):
+                        # docker.events.subscribe() does not say when the subscription is live.
+                        query = _gap(docker, "events", params=params, timeout=stream_timeout)
+                        response = await stack.enter_async_context(query)
+                except TimeoutError as err:
+                    raise self._stream_timeout() from err
+                except (aiodocker.DockerError, aiohttp.ClientError, OSError, ValueError) as err:
+                    raise self._stream_error(err) from err
+                stack.callback(response.close)
+                events = self._decode_events(response)
+                yield events
+        finally:
+            if events is not None:
+                with contextlib.suppress(Exception):
+                    await events.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._close_client(docker), 2)
+
+    async def _decode_events(
+        self, response: aiohttp.ClientResponse
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        try:
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    log.warning("%s: malformed event %r", self.node, line[:200])
+                    continue
+                if isinstance(event, dict):
+                    yield event
+        except TimeoutError as err:
+            raise self._stream_timeout() from err
+        except (aiohttp.ClientError, OSError, ValueError) as err:
+            raise self._stream_error(err) from err
+
+    def _stream_timeout(self) -> NodeTimeoutError:
+        return NodeTimeoutError(
+            self.node,
+            f"the engine at {self.url} did not answer within {self.connect_timeout:g} s",
+        )
+
+    def _stream_error(self, err: BaseException) -> NodeError:
+        """An error of the event stream, typed, with the engine's or aiohttp's text."""
+
+        text = getattr(err, "message", None) or str(err) or type(err).__name__
+        message = f"event stream of {self.url}: {text}"
+        if isinstance(err, aiodocker.DockerError) and err.status != _NO_CONNECTION:
+            return DockerAPIError(self.node, err.status, message)
+        if tls_reason(err, self.url) is not None:
+            return NodeTLSError(self.node, message)
+        return NodeUnreachableError(self.node, message)
+
+
+async def _as_dict(awaitable: Awaitable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The JSON object an aiodocker call typed as a `Mapping` returns (already a dict)."""
+
+    data = await awaitable
+    return data if isinstance(data, dict) else dict(data)
 
 
 def _split_tag(ref: str) -> tuple[str, str]:

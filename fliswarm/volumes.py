@@ -61,8 +61,7 @@ async def check_driver(engine: Engine, driver: str) -> None:
     available = set((info.get("Plugins") or {}).get("Volume") or [])
     if driver in available:
         return
-    plugins = await engine.call("list plugins", lambda d: d._query_json("plugins"))
-    for plugin in plugins or []:
+    for plugin in await engine.list_plugins():
         name = str(plugin.get("Name", ""))
         if plugin.get("Enabled") and driver in (name, name.removesuffix(":latest")):
             return
