@@ -11,14 +11,20 @@ __all__ = ["render"]
 METHOD = """\
 ## How it is measured
 
-`python3 benchmarks/run.py [--nodes 7] [--repeat 5] [--smoke] [--output docs/performance.md]`
-(root) does everything: it brings up the [test bed](nodes.md) (one `dockerd` per node in its own
-network namespace, a registry on the manager), builds the simulated flicamera image (the real
+`python3 benchmarks/run.py` (root) does everything and writes this page; options:
+`[--nodes 7] [--repeat 5] [--idle 60] [--smoke] [--only a,b,floor,idle,scale] [--output PAGE]
+[--instance N]`. Without `--output`, a full run writes `docs/performance.md` and a `--smoke` or
+`--only` run writes no page; `--prepare` only does the slow first-time set-up (the original's
+virtual environment, the image built and pushed). The page records the commit it measured
+(`git rev-parse --short HEAD`, with "+ uncommitted changes" when the tree differed from it).
+The run brings up the [test bed](nodes.md) (one `dockerd` per node in its own network
+namespace, a registry on the manager), builds the simulated flicamera image (the real
 flicamera 0.7.2 actor with a simulated camera), installs the original `sdss-fliswarm==0.7.0`
 with `python3 -m venv` + `pip` into a cached virtual environment
 (`/var/cache/fliswarm-bench/venv-orig`), and runs each scenario against both actors. Both
 actors run as separate processes on 127.0.0.1, with the same nodes, image, registry and
-volume; only loopback and the bed's node addresses are contacted.
+volume; only loopback and the bed's node addresses are contacted. SIGTERM stops a run
+cleanly (actors and flicamera processes stopped, bed down).
 
 - **Alternating sessions.** A session starts one actor, runs scenarios and stops it. At every
   repetition both actors get the same sessions; the order flips between repetitions, so that a
@@ -26,6 +32,11 @@ volume; only loopback and the bed's node addresses are contacted.
   median, the minimum and maximum and the number of samples `n`; the ratio is
   `median(original) / median(fliswarm)` (above 1: fliswarm is faster or lighter; for lines/s,
   below 1).
+- **Measurement floors.** Idle CPU time is counted in clock ticks (10 ms) and RSS in pages
+  (4 KiB): a median at or below one tick over its window, or one page of growth, is the
+  resolution of the measurement, not a figure to divide by. Such a row has no ratio: the
+  ratio column says which side is at the floor and what the floor is (e.g. "n/a: both at
+  floor (1 clock tick = 0.083 %)"), next to the two medians.
 - **Session A** (from nodes without containers, volume or image): `reconnect --force` with cold
   pulls, then again with the image cached. "command" is the time until the command finished,
   "all talking" the time from sending it until `talk status` is answered by every camera.
@@ -42,11 +53,21 @@ volume; only loopback and the bed's node addresses are contacted.
   container is killed and `talk -n <node> status` is retried until it works. fliswarm recovers
   by itself; **the original needs an operator `reconnect -n <node>`, which the harness sends
   0.2 s after the kill**: its figure includes that command. Then nodes are powered off (their
-  processes killed, their network gone: a Docker call hangs like on a dead machine) and
-  `status` is timed with 1 and with 3 nodes off. fliswarm's status is timed once its
-  supervisor reports the nodes offline (waited for on its `nodeState` keyword).
+  processes killed, their network gone: a Docker call hangs like on a dead machine): first
+  one, then, once it is powered on again and every camera answers, three at once.
+  - "from the power-off" is what an operator sees, measured the same way for both actors:
+    `status` is sent as soon as the nodes are off and timed from that moment to its last
+    line. One sample per session, so `n` is the number of repetitions.
+  - "once fliswarm has marked it offline": `status` again (5 times; 3 in smoke mode), for
+    fliswarm after its supervisor reports the nodes offline (waited for on its `nodeState`
+    keyword), when it answers for them from its supervision state. The original has no such
+    state and probes every node at every `status`; its samples in these rows are taken right
+    after its first `status`.
 - **Idle**: with every camera connected, the actor's CPU time (its process and its waited-for
-  children: the original runs `ping` through a shell) over five equal windows, and its RSS.
+  children: the original runs `ping` through a shell) over five windows of `--idle` / 5 (12 s
+  in the full run, 1 s in smoke mode), and its RSS at the end of each session. The windows are
+  spread over the repetitions (one per repetition in the full run) and each repetition runs
+  them in its own order, like the other sessions.
 - **Scale**: logical nodes `sNN`, each a flicamera container with its own port
   (`FLICAMERA_PORT` through fliswarm's per-node `environment`), spread over the bed's engines;
   `status` and `talk status` with the first N nodes enabled. The original is configured with
@@ -87,6 +108,13 @@ CAVEATS = """\
   (joined per burst) were cut. The memory figure of the original grows because CLU 2.6 keeps
   every command's click context (and so the command and its replies) on click's global
   context stack; fliswarm pops it (`fliswarm.commands.FliswarmGroup`).
+- `status` with nodes off: right after a power-off neither actor knows that the nodes are
+  dead. The original pings the nodes one after the other and each dead node costs it its
+  `ping_timeout` (0.6 s here); fliswarm probes every engine at once, so its figure does not
+  grow with the number of dead nodes, but each dead node's probe lasts until fliswarm's own
+  probe time-outs (`ping_timeout` and `timeouts.docker_connect`) expire. The rows "once
+  fliswarm has marked ..." are the same command a few seconds later (the run prints when the
+  supervisor reported the nodes offline), when fliswarm answers from its supervision state.
 - The original's `status` lists containers by "ancestor" image without the tag and so reports
   no container for the `:sim` image of the bed; it does the same Docker calls either way.
 """
@@ -107,10 +135,10 @@ def render(
         "",
         "fliswarm against the original `sdss-fliswarm` 0.7.0, side by side on the same real "
         "test bed. This page is written by `benchmarks/run.py`; the figures below are the ones "
-        "it printed.",
+        f"it printed, measured on commit {info.get('commit', '?')}.",
         "",
         f"## Results ({mode}: {args.nodes} nodes, {args.repeat} repetition(s), "
-        f"idle window {args.idle:g} s)",
+        f"idle {args.idle:g} s per actor in {args.idle_windows} windows)",
         "",
         "| | |",
         "|---|---|",

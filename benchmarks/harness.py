@@ -59,7 +59,8 @@ __all__ = [
 ORIG_VERSION = "0.7.0"
 CACHE_DIR = Path(os.environ.get("FLISWARM_BENCH_CACHE", "/var/cache/fliswarm-bench"))
 FINAL = frozenset(":f!")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+CLK_TCK = os.sysconf("SC_CLK_TCK")  # CPU times in /proc are counted in these ticks.
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # RSS moves by whole pages.
 
 
 def free_port() -> int:

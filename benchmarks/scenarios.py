@@ -11,8 +11,10 @@ A *session* starts one actor process, runs several scenarios against it and stop
   itself before the operator's ``reconnect`` (the original has no supervisor).
 - `session_b`: default configuration, containers running: recovery after a container is
   killed (the original needs an operator ``reconnect``: the harness sends it at once),
-  ``status`` with 1 and 3 nodes powered off.
-- `session_idle`: idle CPU and RSS over a window.
+  ``status`` with 1 and with 3 nodes powered off, timed for both actors from the moment of
+  the power-off (what an operator sees), then again once fliswarm's supervisor has marked
+  the nodes offline (its cached answer; the original has no such state).
+- `session_idle`: idle CPU and RSS over one or more windows.
 - `session_scale`: ``status`` and ``talk status`` with many logical nodes.
 """
 
@@ -45,9 +47,19 @@ class Results:
         default_factory=lambda: defaultdict(lambda: defaultdict(list))
     )
     notes: list[str] = field(default_factory=list)
+    #: The measurement floor of a metric (its resolution, in sample units) and its name,
+    #: e.g. one clock tick of CPU time over the window: a value at or below it is no figure
+    #: to divide by.
+    floors: dict[str, tuple[float, str]] = field(default_factory=dict)
 
     def add(self, key: str, kind: str, value: float) -> None:
         self.samples[key][kind].append(value)
+
+    def floor(self, key: str, value: float, name: str) -> None:
+        """Records the floor of ``key`` (the largest one seen, if recorded several times)."""
+
+        if key not in self.floors or value > self.floors[key][0]:
+            self.floors[key] = (value, name)
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -225,6 +237,7 @@ async def relay(bench: Bench, kind: str, actor: ActorProcess, client: Client) ->
     rss0 = actor.rss_mb()
     await run(total, lambda i: f"talk -n {names[i % len(names)]} status")
     r.add("rss_growth_mb", kind, actor.rss_mb() - rss0)
+    r.floor("rss_growth_mb", harness.PAGE_SIZE / 2**20, "1 page")
     bench.say(
         f"  {kind} relay: +{added:.2f} ms/round trip, {lines / took:.0f} lines/s, "
         f"{cpu / lines * 1e6:.0f} us CPU/line, RSS {rss0:.1f} -> {actor.rss_mb():.1f} MB "
@@ -242,24 +255,84 @@ async def _kill(bench: Bench, name: str) -> None:
     )
 
 
-async def _offline(client: Client, names: list[str], timeout: float = 60.0) -> float:
-    """Waits until fliswarm's status reports every node in ``names`` offline."""
+async def _node_states(
+    client: Client, names: list[str], wanted: set[str], timeout: float = 60.0
+) -> float:
+    """Waits until fliswarm's status reports every node in ``names`` in one of the
+    ``wanted`` states (``nodeState``); returns the seconds waited."""
 
     start = time.monotonic()
     while True:
         reply = await client.command("status", 60)
         states = {v[0]: v[1] for v in reply.values("nodeState") if len(v) > 1}
-        if all(states.get(n) == "offline" for n in names):
+        if all(states.get(n) in wanted for n in names):
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
-            raise TimeoutError(f"not offline after {timeout} s: {states}")
+            raise TimeoutError(f"not {'/'.join(sorted(wanted))} after {timeout} s: {states}")
         await asyncio.sleep(0.2)
+
+
+async def _power_off(bed: Testbed, names: list[str]) -> float:
+    """Powers the nodes off at once; returns `time.perf_counter` when all of them are off."""
+
+    def off() -> None:
+        with bed._locked():
+            bed._parallel(lambda node: bed.power_off(node.name), [bed.node(n) for n in names])
+
+    await asyncio.to_thread(off)
+    return time.perf_counter()
+
+
+async def _status_since(client: Client, t0: float) -> float:
+    """Sends ``status`` at once; seconds from ``t0`` until its final line."""
+
+    reply = await client.command("status", 120)
+    if reply.code != ":":
+        raise RuntimeError(f"'status' ended with {reply.code}: {reply.lines[-3:]}")
+    return time.perf_counter() - t0
+
+
+async def _nodes_off(bench: Bench, kind: str, client: Client, off: list[str], key: str) -> None:
+    """``status`` with the nodes ``off`` powered off: one sample from the power-off (for
+    both actors), then ``key_known``: fliswarm's once its supervisor has marked them offline,
+    the original's (no such state) right after the first."""
+
+    r = bench.results
+    t0 = await _power_off(bench.bed, off)
+    first = await _status_since(client, t0)
+    r.add(key, kind, first)
+    if kind == "ours":
+        took = await _node_states(client, off, {"offline"})
+        bench.say(f"  ours: {len(off)} node(s) reported offline {took:.1f} s after the status")
+    known = [await timed(client, "status", 120) for _ in range(_repeat(bench, 5, 3))]
+    for value in known:
+        r.add(f"{key}_known", kind, value)
+    bench.say(
+        f"  {kind} status, {len(off)} off: {first * 1e3:.0f} ms from the power-off, then "
+        f"{statistics.median(known) * 1e3:.0f} ms"
+    )
+
+
+async def _power_on(bench: Bench, kind: str, client: Client, names: list[str]) -> None:
+    """Powers the nodes back on and waits until their cameras answer again (the original
+    needs an operator ``reconnect -n``; fliswarm's supervisor brings them back online)."""
+
+    for name in names:
+        await asyncio.to_thread(bench.bed.power_on, name)
+        await asyncio.to_thread(harness.provide_usb_bus, bench.bed, name)
+    if kind == "orig":
+        reply = await client.command(f"reconnect -n {','.join(names)}", 300)
+        if reply.code != ":":
+            raise RuntimeError(f"orig: reconnect after power-on failed: {reply.lines[-3:]}")
+    await wait_talking(client, bench.names, 180)
+    if kind == "ours":
+        await _node_states(client, bench.names, {"online"}, 180)
 
 
 async def session_b(bench: Bench, kind: str) -> None:
     """Recovery after a container kill; status with nodes powered off."""
 
-    r, bed = bench.results, bench.bed
+    r = bench.results
     async with actor_session(bench, kind) as (actor, client):
         # The containers of session A (same actor) run: both connect to them at start.
         await wait_talking(client, bench.names, 180)
@@ -277,41 +350,38 @@ async def session_b(bench: Bench, kind: str) -> None:
             r.add("recovery", kind, time.monotonic() - start)
             bench.say(f"  {kind} recovery {name}: {time.monotonic() - start:.2f} s")
 
-        off = [bench.names[-1], *bench.names[-3:-1]]
-        n = _repeat(bench, 5, 3)
-        for count, key in ((1, "status_1off"), (3, "status_3off")):
-            todo = [name for name in off[:count] if bed._state()["nodes"][name]["powered"]]
-            for name in todo:
-                await asyncio.to_thread(bed.power_off, name)
-            if kind == "ours":
-                took = await _offline(client, off[:count])
-                bench.say(f"  ours: {count} node(s) reported offline after {took:.1f} s")
-            for _ in range(n):
-                r.add(key, kind, await timed(client, "status", 120))
-        await asyncio.to_thread(bed.restore)
-        for name in off:
-            await asyncio.to_thread(harness.provide_usb_bus, bed, name)
+        # Every node up and known to be (fliswarm: online) before each power-off.
+        if kind == "ours":
+            await _node_states(client, bench.names, {"online"}, 180)
+        one, three = bench.names[-1:], bench.names[-3:]
+        await _nodes_off(bench, kind, client, one, "status_1off")
+        await _power_on(bench, kind, client, one)
+        await _nodes_off(bench, kind, client, three, "status_3off")
+        await asyncio.to_thread(bench.bed.restore)
+        for name in three:
+            await asyncio.to_thread(harness.provide_usb_bus, bench.bed, name)
 
 
 # ------------------------------------------------------------------------- idle
 
 
-async def session_idle(bench: Bench, kind: str, seconds: float) -> None:
-    """CPU (% of a core) and RSS of the actor, idle with every camera connected."""
+async def session_idle(bench: Bench, kind: str, window: float, windows: int) -> None:
+    """CPU (% of a core) over ``windows`` windows of ``window`` seconds and RSS of the
+    actor, idle with every camera connected."""
 
     await asyncio.to_thread(harness.clean_nodes, bench.bed)
     async with actor_session(bench, kind) as (actor, client):
         if kind == "orig":
             await timed(client, "reconnect", 300)
         await wait_talking(client, bench.names, 180)
-        await asyncio.sleep(3)
-        windows = 5
+        await asyncio.sleep(3)  # Not a race: the start-up work (logs, first probes) settles.
         rss0 = actor.rss_mb()
         for _ in range(windows):
             cpu0, t0 = actor.cpu_seconds(), time.monotonic()
-            await asyncio.sleep(seconds / windows)
-            cpu = (actor.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
-            bench.results.add("idle_cpu_pct", kind, cpu)
+            await asyncio.sleep(window)
+            took = time.monotonic() - t0
+            bench.results.add("idle_cpu_pct", kind, (actor.cpu_seconds() - cpu0) / took * 100)
+            bench.results.floor("idle_cpu_pct", 100 / harness.CLK_TCK / took, "1 clock tick")
         bench.results.add("idle_rss_mb", kind, actor.rss_mb())
         bench.say(f"  {kind} idle: RSS {rss0:.1f} -> {actor.rss_mb():.1f} MB")
 

@@ -1,10 +1,12 @@
 """Bounded load on the real actor (``benchmarks/load_bench.py`` runs the full 20 x 200).
 
 10 clients at once, 40 commands each (``status``, ``talk status``, ``ping``, ``talk -n gfaN
-status``) through the real actor with real flicamera actors on the host, three rounds: every
-command ends, every reply reaches the client that sent the command, and the actor's
-bookkeeping (device command ids, pending sub-commands, users, transports, CLU command
-objects, tasks) and memory stay flat from one round to the next.
+status``) through the real actor with real flicamera actors on the host, three rounds. The
+claims are those of the full benchmark and of ``docs/reliability.md``, checked by the same
+function (``load_bench.check_claims``): every command ends, every reply reaches the client
+that sent the command, the actor's bookkeeping (device command ids, pending sub-commands,
+users, transports, CLU command objects, tasks) is back where it was after every round, and
+memory stays flat from one round to the next.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def _load_bench():
     return module
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120)  # "does not hang": 7 to 19 s on the shared 2-core machine
 async def test_concurrent_clients_bounded(tmp_path: Path):
     bench = _load_bench()
     lines: list[str] = []
@@ -44,16 +46,6 @@ async def test_concurrent_clients_bounded(tmp_path: Path):
         propagate_logs=False,  # pytest's log capture would keep every record in memory.
     )
     print("\n".join(lines))
-    base = result.baseline
-    for index, round_ in enumerate(result.rounds, start=1):
-        assert round_.commands == 400, lines[index]
-        assert round_.unfinished == 0 and round_.misrouted == 0, lines[index]
-        assert round_.ok == round_.commands, lines[index]
-        counts = round_.counts
-        assert counts["ids_in_use"] == 0 and counts["running"] == 0, lines[index]
-        assert counts["users"] == 0 and counts["server_transports"] == 0, lines[index]
-        assert counts["commands_alive"] <= base["commands_alive"] + 5, lines[index]
-        assert counts["tasks"] <= base["tasks"] + 2, lines[index]
-    # Memory: flat between the last rounds (allocator noise aside).
-    growth = result.rounds[-1].counts["rss_mib"] - result.rounds[1].counts["rss_mib"]
-    assert growth < 5, f"RSS grew by {growth:.1f} MiB: " + "\n".join(lines)
+    assert [r.commands for r in result.rounds] == [400, 400, 400], lines
+    failures = bench.check_claims(result)
+    assert not failures, "\n".join(failures + lines)
