@@ -27,6 +27,7 @@ from .exceptions import (
 )
 from .launch import UsbMemo, check_managed, create_and_start, remove, remove_named
 from .launch import _repository as _repository
+from .ping import PING_GRACE
 from .ping import ping as _ping
 from .pull import ensure_image
 from .status import report_engine
@@ -37,8 +38,7 @@ __all__ = ["Node", "DEFAULT_DOCKER_PORT"]
 
 DEFAULT_DOCKER_PORT = 2375
 DEFAULT_DOCKER_TLS_PORT = 2376
-#: Seconds within which an engine's answer makes `Node.connect` skip the ICMP ping.
-FAST_ANSWER = 0.25
+
 
 CommandType: TypeAlias = "Command | FakeCommand"
 
@@ -134,11 +134,42 @@ class Node:
 
     # Reachability
 
+    async def probe(
+        self, ping_timeout: float | None = None, grace: float = PING_GRACE, wait: bool = True
+    ) -> tuple[bool, bool]:
+        """Whether the node is alive and whether its Docker engine answers.
+
+        The engine is asked first (``/_ping``); an answer within ``grace`` seconds proves the
+        node alive without an ICMP echo (a subprocess). Otherwise the node is pinged while
+        the engine's answer is awaited (at most ``connect_timeout``). With ``wait`` false, a
+        node that does not answer the echo is reported down at once, engine included, as
+        the original fliswarm's status does, instead of waiting out the engine's timeout.
+
+        Returns
+        -------
+        tuple
+            ``(node_alive, docker_alive)``.
+        """
+
+        engine = asyncio.ensure_future(self.client_alive())
+        try:
+            done, _ = await asyncio.wait({engine}, timeout=grace)
+            if engine in done and engine.result():
+                return True, True
+            alive = await self.ping(ping_timeout)
+            if not alive and not wait:
+                engine.cancel()
+                return False, False
+            return alive, await engine
+        except BaseException:
+            engine.cancel()
+            raise
+
     async def connect(self) -> None:
         """Checks that the Docker engine answers.
 
-        The node is pinged (ICMP) only if the engine has not answered within
-        `FAST_ANSWER` seconds, to say whether the node itself is down.
+        The node is pinged (ICMP) only if the engine has not answered within `PING_GRACE`
+        seconds, to say whether the node itself is down (`probe`).
 
         Raises
         ------
@@ -146,11 +177,7 @@ class Node:
             (a `ConnectionError`) If the engine does not answer within ``connect_timeout``.
         """
 
-        engine = asyncio.ensure_future(self.client_alive())
-        await asyncio.wait({engine}, timeout=FAST_ANSWER)
-        if engine.done() and engine.result():
-            return  # No ICMP ping (a subprocess) when the engine answers at once.
-        alive, docker = await asyncio.gather(self.ping(), engine)
+        alive, docker = await self.probe()
         if not docker:
             why = "" if alive else " (and the node does not answer ping)"
             failure = self.engine.last_failure

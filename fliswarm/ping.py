@@ -25,7 +25,11 @@ from dataclasses import dataclass
 from .exceptions import PingError
 
 
-__all__ = ["PingProgram", "find_ping", "ping_argv", "format_wait", "ping"]
+__all__ = ["PING_GRACE", "PingProgram", "find_ping", "ping_argv", "format_wait", "ping"]
+
+#: Seconds a Docker engine gets to answer before its node is pinged as well (a local engine
+#: answers in milliseconds; the ICMP echo is a subprocess).
+PING_GRACE = 0.1
 
 
 #: First iputils release whose ``ping -W`` accepts a fraction of a second.
@@ -114,9 +118,9 @@ def parse_iputils_version(text: str) -> int | None:
 
 
 def _locate() -> tuple[str, bool]:
-    """The ``ping`` program (``$FLISWARM_PING`` or on PATH) and whether it is BusyBox."""
+    """The ``ping`` program on PATH and whether it is BusyBox."""
 
-    path = os.environ.get("FLISWARM_PING") or shutil.which("ping")
+    path = shutil.which("ping")
     if path is None:
         raise PingError("no 'ping' program found on PATH (install iputils-ping or busybox).")
     return path, os.path.basename(os.path.realpath(path)).startswith("busybox")
@@ -125,8 +129,8 @@ def _locate() -> tuple[str, bool]:
 async def find_ping() -> PingProgram:
     """Finds the ``ping`` program and its flavour (cached after the first call).
 
-    ``FLISWARM_PING`` may name the program to use. The flavour is told by the program's
-    name (``busybox``) or by the output of ``ping -V``.
+    The first ``ping`` on ``PATH``; its flavour is told by the program's name (``busybox``)
+    or by the output of ``ping -V``.
 
     Raises
     ------

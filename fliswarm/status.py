@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .containers import LABEL_MANAGED, LABEL_NODE, short_id
 from .exceptions import NodeError, NodeTimeoutError, NodeTLSError, NodeUnreachableError
+from .ping import PING_GRACE
 from .tools import Reporter
 
 
@@ -30,10 +31,7 @@ if TYPE_CHECKING:
     from .node import Node
 
 
-__all__ = ["report_engine", "by_engine", "probe", "PING_GRACE"]
-
-#: Seconds the Docker engine gets to answer before the node is pinged as well.
-PING_GRACE = 0.25
+__all__ = ["report_engine", "by_engine"]
 
 #: Errors of a list that say nothing about whether the engine is alive.
 _NO_ANSWER = (NodeUnreachableError, NodeTimeoutError, NodeTLSError)
@@ -46,26 +44,6 @@ def by_engine(nodes: Sequence[Node]) -> list[list[Node]]:
     for node in nodes:
         groups.setdefault(node.daemon_addr, []).append(node)
     return list(groups.values())
-
-
-async def probe(node: Node, ping_timeout: float) -> tuple[bool, bool]:
-    """Whether the node is alive and whether its Docker engine answers.
-
-    An engine that answers proves the node alive: the ICMP ``ping`` (a process per call) is
-    only run when the engine has not answered within `PING_GRACE` seconds, concurrently
-    with the rest of the engine's wait.
-    """
-
-    docker = asyncio.ensure_future(node.client_alive())
-    try:
-        done, _ = await asyncio.wait({docker}, timeout=PING_GRACE)
-        if docker in done and docker.result():
-            return True, True
-        alive, docker_alive = await asyncio.gather(node.ping(ping_timeout), docker)
-    except BaseException:
-        docker.cancel()
-        raise
-    return alive, docker_alive
 
 
 async def _lists(node: Node) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -83,15 +61,16 @@ async def _answered(
 ) -> tuple[bool, bool, str | None]:
     """Node alive, engine alive and why not: the lists answering at once prove both.
 
-    An engine that answers the lists within `PING_GRACE` (even with an API error) is alive,
-    and so is its node, without a ``/_ping``. Otherwise the node is probed (`probe`) while
-    the lists go on.
+    An engine that answers the lists within `.ping.PING_GRACE` (even with an API error) is
+    alive, and so is its node, without an ICMP echo. Otherwise the node is probed
+    (`.Node.probe`) while the lists go on: a node that does not answer the echo is down,
+    at once.
     """
 
     done, _ = await asyncio.wait({lists}, timeout=PING_GRACE)
     if lists in done and not isinstance(lists.exception(), _NO_ANSWER):
         return True, True, None
-    node_alive, docker_alive = await probe(node, ping_timeout)
+    node_alive, docker_alive = await node.probe(ping_timeout, grace=0.0, wait=False)
     return node_alive, docker_alive, None if docker_alive else node.engine.last_error
 
 

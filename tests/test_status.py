@@ -166,3 +166,34 @@ async def test_node_report_status_is_the_same_report():
     bare = Recorder(config)
     await node.report_status(bare, volumes=False, containers=False)
     assert [next(iter(m)) for _, m in bare.messages] == ["node"]
+
+
+class SilentEngine(CountingEngine):
+    """An engine whose packets vanish (a node powered off): no call ever answers."""
+
+    async def ping(self, timeout: float | None = None) -> bool:
+        self.calls["ping"] += 1
+        await asyncio.Event().wait()
+        return False
+
+    async def list_containers(self, filters: dict[str, list[str]], all: bool = True) -> list[Any]:
+        await asyncio.Event().wait()
+        return []
+
+
+async def test_a_node_that_does_not_answer_ping_is_down_without_waiting_for_its_engine():
+    """As the original's status: no ICMP echo, the node is down, at once, whatever its
+    engine's time-out (here the engine never answers)."""
+
+    engine = SilentEngine(["a"])
+    [node] = _nodes(["a"], engine)
+
+    async def dead(timeout: float | None = None) -> bool:
+        return False
+
+    node.ping = dead  # type: ignore[method-assign]
+    command = Recorder()
+    [result] = await asyncio.wait_for(report_engine(command, [node], [None], [], 0.5), 10)
+    assert (result["node_alive"], result["docker_alive"]) == (False, False)
+    warnings = [m["text"] for code, m in command.messages if code == "w"]
+    assert "Node 127.0.0.1 is not pinging back." in warnings
