@@ -63,6 +63,14 @@ cleanly (actors and flicamera processes stopped, bed down).
     keyword), when it answers for them from its supervision state. The original has no such
     state and probes every node at every `status`; its samples in these rows are taken right
     after its first `status`.
+  - "network cut": the cable of one node is pulled (its engine keeps running; packets to
+    it are dropped, never refused) and `status` is sent 6 s later (what an operator sees
+    some seconds after such a cut; 5 samples, 2 in smoke mode), for both actors.
+- **Start** (nodes with the image but no container, default configuration): the actor is
+  started and `reconnect --force` sent as soon as its port answers, while fliswarm's
+  supervisor is already creating the containers; "all talking" is from sending the command
+  until `talk status` is answered by every camera. The original has no supervisor: its
+  `reconnect --force` starts from empty nodes. Compare with the floor note below.
 - **Idle**: with every camera connected, the actor's CPU time (its process and its waited-for
   children: the original runs `ping` through a shell) over five windows of `--idle` / 5 (12 s
   in the full run, 1 s in smoke mode), and its RSS at the end of each session. The windows are
@@ -101,20 +109,21 @@ CAVEATS = """\
   the 111 MiB image at once: the engines spend about 5 s of CPU per node unpacking and
   checksumming, on the same two cores. The original waits a fixed 5 s after starting the
   containers; fliswarm probes each flicamera's port every 40 ms and connects at once.
-- CPU per relayed line: what is left in fliswarm is mostly the system calls (one `send` per
-  camera command, the `recv`s of flicamera's three reply lines, the actor's `epoll`) and the
-  JSON decoding of each reply line; command parsing (plain `talk` lines skip click), reply
-  formatting, the actor log (flushed once per loop iteration) and the writes to the client
-  (joined per burst) were cut. The memory figure of the original grows because CLU 2.6 keeps
-  every command's click context (and so the command and its replies) on click's global
-  context stack; fliswarm pops it (`fliswarm.commands.FliswarmGroup`).
+- CPU per relayed line: both actors parse each command with click and write each reply line
+  through CLU; fliswarm relays flicamera's keywords without CLU's per-line schema validation
+  (they are flicamera's, not fliswarm's) and decodes each JSON reply line once. The memory
+  figure of the original grows because CLU 2.6 keeps every command's click context (and so
+  the command and its replies) on click's global context stack; fliswarm pops it
+  (`fliswarm.compat`, see {doc}`upstream-clu`).
 - `status` with nodes off: right after a power-off neither actor knows that the nodes are
   dead. The original pings the nodes one after the other and each dead node costs it its
-  `ping_timeout` (0.6 s here); fliswarm probes every engine at once, so its figure does not
-  grow with the number of dead nodes, but each dead node's probe lasts until fliswarm's own
-  probe time-outs (`ping_timeout` and `timeouts.docker_connect`) expire. The rows "once
+  `ping_timeout` (0.6 s here); fliswarm asks every engine at once and pings a node whose
+  engine has not answered within 0.1 s, so a dead node costs it about 0.1 s plus the same
+  `ping_timeout`, whatever the number of dead nodes. A factor of 10 from the very moment of
+  the power-off is out of reach for any actor that checks before it answers. The rows "once
   fliswarm has marked ..." are the same command a few seconds later (the run prints when the
-  supervisor reported the nodes offline), when fliswarm answers from its supervision state.
+  supervisor reported the nodes offline), when fliswarm answers from its supervision state;
+  likewise the "network cut" row, 6 s after the cut.
 - The original's `status` lists containers by "ancestor" image without the tag and so reports
   no container for the `:sim` image of the bed; it does the same Docker calls either way.
 """

@@ -40,6 +40,14 @@ def _independent(m: dict[str, float], r: Results) -> bool:
     return m["ratio"] >= 10 and three <= max(1.5 * one, one + 0.05)
 
 
+def _start_check(m: dict[str, float], r: Results) -> bool:
+    """``reconnect --force`` at start: 1.4x the original and within 10% of the floor (the
+    same flicamera processes started at once on the host, `floor.py`)."""
+
+    floor = _med(r, "floor_all", "bare")
+    return m["ratio"] >= 1.4 and not math.isnan(floor) and m["ours"] <= 1.1 * floor
+
+
 METRICS: list[Metric] = [
     Metric("status_up", "status, all nodes up", "ms", 1e3, ">= 3x", _ratio_at_least("", 3)),
     Metric(
@@ -66,6 +74,22 @@ METRICS: list[Metric] = [
         "status, 3 nodes off: once fliswarm has marked them offline",
         "ms",
         1e3,
+    ),
+    Metric(
+        "status_cut",
+        "status, 1 node's network cut (6 s after)",
+        "ms",
+        1e3,
+        ">= 3x",
+        _ratio_at_least("", 3),
+    ),
+    Metric(
+        "reconnect_start.ready",
+        "reconnect --force right after start (supervisor at work): all talking",
+        "s",
+        1,
+        ">= 1.4x, <= floor + 10%",
+        _start_check,
     ),
     Metric("reconnect_cached.cmd", "reconnect --force, cached: command", "s"),
     Metric(
@@ -96,7 +120,14 @@ METRICS: list[Metric] = [
         "ours <= 0.5 ms",
         lambda m, _: m["ours"] <= 0.5,
     ),
-    Metric("relay_lines_per_s", "relay: lines/s, 20 concurrent talk status", "lines/s"),
+    Metric(
+        "relay_lines_per_s",
+        "relay: lines/s, 20 concurrent talk status",
+        "lines/s",
+        1,
+        "ours >= orig",
+        lambda m, _: m["ours"] >= m["orig"],
+    ),
     Metric(
         "relay_cpu_us_per_line",
         "relay: actor CPU per relayed line",
@@ -148,7 +179,12 @@ def scale_metrics(counts: list[int]) -> list[Metric]:
             Metric(f"scale_status_{count}", f"status, {count} nodes", "ms", 1e3, target, check)
         )
     for count in counts:
-        out.append(Metric(f"scale_talk_{count}", f"talk status, {count} nodes", "ms", 1e3))
+        target, check = "", None
+        if count == counts[-1]:
+            target, check = "ours <= orig", lambda m, _: m["ours"] <= m["orig"]
+        out.append(
+            Metric(f"scale_talk_{count}", f"talk status, {count} nodes", "ms", 1e3, target, check)
+        )
     return out
 
 

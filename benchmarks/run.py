@@ -178,6 +178,7 @@ async def _run(args: argparse.Namespace, bed: Testbed, image: str) -> tuple[Resu
                 await scenarios.session_a(bench, kind)
             if "b" in args.only:
                 await scenarios.session_b(bench, kind)
+                await scenarios.session_start(bench, kind)
         if "floor" in args.only:
             await floor.session_floor(bench)
         for kind in order if idle[rep] else []:

@@ -14,6 +14,11 @@ A *session* starts one actor process, runs several scenarios against it and stop
   ``status`` with 1 and with 3 nodes powered off, timed for both actors from the moment of
   the power-off (what an operator sees), then again once fliswarm's supervisor has marked
   the nodes offline (its cached answer; the original has no such state).
+  Then ``status`` with a node whose network is cut while its engine runs (packets dropped,
+  not refused), for both actors `CUT_DELAY` seconds after the cut.
+- `session_start`: from nodes with the image but no container: the actor started with its
+  default configuration (fliswarm's supervisor starts creating the containers at once) and
+  ``reconnect --force`` sent right away; timed until every camera answers.
 - `session_idle`: idle CPU and RSS over one or more windows.
 - `session_scale`: ``status`` and ``talk status`` with many logical nodes.
 """
@@ -36,7 +41,20 @@ from harness import ActorProcess, Client
 from fliswarm.testbed.bed import Testbed
 
 
-__all__ = ["Bench", "Results", "session_a", "session_b", "session_idle", "session_scale"]
+__all__ = [
+    "Bench",
+    "Results",
+    "session_a",
+    "session_b",
+    "session_start",
+    "session_idle",
+    "session_scale",
+    "CUT_DELAY",
+]
+
+#: Seconds after a node's network is cut at which both actors are asked for their status
+#: ("seconds after such a cut", as an operator would see it).
+CUT_DELAY = 6.0
 
 
 @dataclass
@@ -360,6 +378,48 @@ async def session_b(bench: Bench, kind: str) -> None:
         await asyncio.to_thread(bench.bed.restore)
         for name in three:
             await asyncio.to_thread(harness.provide_usb_bus, bench.bed, name)
+        if kind == "orig":
+            await client.command(f"reconnect -n {','.join(three)}", 300)
+        await wait_talking(client, bench.names, 180)
+        await _network_cut(bench, kind, client, bench.names[0])
+
+
+async def _network_cut(bench: Bench, kind: str, client: Client, name: str) -> None:
+    """``status`` `CUT_DELAY` s after the node's cable is pulled (its engine keeps running:
+    packets to it are dropped, never refused), then the cable back."""
+
+    if kind == "ours":
+        await _node_states(client, bench.names, {"online"}, 180)
+    await asyncio.to_thread(bench.bed.unplug, name)
+    try:
+        await asyncio.sleep(CUT_DELAY)  # The scenario: the operator asks some seconds later.
+        for _ in range(_repeat(bench, 5, 2)):
+            bench.results.add("status_cut", kind, await timed(client, "status", 120))
+    finally:
+        await asyncio.to_thread(bench.bed.plug, name)
+    if kind == "orig":
+        await client.command(f"reconnect -n {name}", 300)
+    await wait_talking(client, bench.names, 180)
+    values = bench.results.samples["status_cut"][kind]
+    bench.say(f"  {kind} status, {name} cut: {statistics.median(values) * 1e3:.0f} ms")
+
+
+# ------------------------------------------------------------------- start
+
+
+async def session_start(bench: Bench, kind: str) -> None:
+    """``reconnect --force`` sent right after the actor starts on nodes with no container
+    (fliswarm's supervisor is already creating them)."""
+
+    await asyncio.to_thread(harness.clean_nodes, bench.bed)
+    async with actor_session(bench, kind) as (_, client):
+        start = time.monotonic()
+        reply = await client.command("reconnect --force", 600)
+        if reply.code != ":":
+            raise RuntimeError(f"{kind}: reconnect --force at start failed: {reply.lines[-3:]}")
+        ready = await wait_talking(client, bench.names, 180)
+        bench.results.add("reconnect_start.ready", kind, ready - start)
+        bench.say(f"  {kind} reconnect --force at start: all talking {ready - start:.2f} s")
 
 
 # ------------------------------------------------------------------------- idle

@@ -60,7 +60,7 @@ _NO_CONNECTION = 900
 #: TCP keep-alive of long-lived connections (the event stream, flicamera): idle seconds,
 #: probe interval, probes. A silent peer (cable pulled, node powered off) breaks the
 #: connection after ~idle + interval * count s.
-KEEPALIVE = (4, 1, 3)
+KEEPALIVE = (2, 1, 2)
 
 #: The fields of a container in the engine's container list (``ContainerSummary`` of the
 #: Engine API): aiodocker's `DockerContainer` gives them by key only.

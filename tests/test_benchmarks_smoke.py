@@ -56,6 +56,8 @@ ROWS = [
     "status, 3 nodes off: from the power-off",
     "status, 1 node off: once fliswarm has marked it offline",
     "status, 3 nodes off: once fliswarm has marked them offline",
+    "status, 1 node's network cut (6 s after)",
+    "reconnect --force right after start (supervisor at work): all talking",
     "reconnect --force, cached: all talking",
     "reconnect --force, cold pulls: all talking",
     "talk -n gfa1 status",
