@@ -208,8 +208,11 @@ class Provisioner:
                 await node.stop_container(container, desired.spec["image"], True, report)
             await self._volumes(node, desired, request.force and changing, report)
             cid = await self._container(node, desired, action, info, report)
-            if changing or request.reconnect or not device.is_connected():
-                if changing or request.reconnect:
+            # The camera is (re)connected when the container changed, when asked (unless the
+            # work this request joined has just connected it) or when it is not connected.
+            reconnect = request.reconnect and joined is None
+            if changing or reconnect or not device.is_connected():
+                if changing or reconnect:
                     await device.stop()
                 took = await wait_device_ready(
                     device, node, container, self.ready_timeout, self.attempt_timeout

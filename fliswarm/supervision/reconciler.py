@@ -217,8 +217,8 @@ class NodeReconciler:
             if not healing:
                 self._set(NodeState.DEGRADED, "no flicamera container")
                 return Outcome.HOLD
-            self._warn(f"{name}: flicamera container {desired.container} is missing; creating it")
-            return await self._repair(desired, "create container")
+            why = f"{name}: flicamera container {desired.container} is missing; creating it"
+            return await self._repair(desired, "create container", warning=why)
 
         labels = (info.get("Config") or {}).get("Labels") or {}
         if labels.get("org.sdss.fliswarm.managed") != "true":
@@ -227,8 +227,8 @@ class NodeReconciler:
 
         drift = container_drift(info, desired)
         if drift and healing and desired.replace_drifted:
-            self._warn(f"{name}: container {desired.container} drifted ({drift}); replacing it")
-            return await self._repair(desired, "replace container")
+            why = f"{name}: container {desired.container} drifted ({drift}); replacing it"
+            return await self._repair(desired, "replace container", warning=why)
 
         state = info.get("State") or {}
         cid = short_id(info.get("Id", ""))
@@ -250,8 +250,8 @@ class NodeReconciler:
                 NodeState.DEGRADED, f"container {how}; restart policy {desired.restart_policy}"
             )
             return Outcome.HOLD
-        self._warn(f"{name}: flicamera container {cid} {how}; restarting it")
-        return await self._repair(desired, "start container")
+        why = f"{name}: flicamera container {cid} {how}; restarting it"
+        return await self._repair(desired, "start container", warning=why)
 
     def _engine_down(self, reason: str, outcome: Outcome) -> Outcome:
         """The engine does not answer: offline, unless the camera is still connected (its
@@ -294,20 +294,25 @@ class NodeReconciler:
         doing: str | None,
         healthy: NodeState = NodeState.ONLINE,
         reason: str = "container running, camera connected",
+        warning: str | None = None,
     ) -> Outcome:
         """Brings the node to its desired state through the one provisioning path.
 
-        ``doing`` is the reason of the ``recovering`` state meanwhile (none if `None`).
+        ``doing`` is the reason of the ``recovering`` state meanwhile (none if `None`);
+        ``warning`` tells every user what is being repaired. Nothing is done or said if other
+        provisioning work (an operator's command) runs on the node.
         """
 
-        self.repairs += 1
-        if doing is not None:
-            self._set(NodeState.RECOVERING, doing)
         provisioner = self.supervisor.provisioner
         request = Request(replace_drifted=desired.replace_drifted)
         async with self.supervisor.slot():
             if provisioner.busy(self.name):  # An operator got there first.
                 return Outcome.HOLD
+            self.repairs += 1
+            if warning is not None:
+                self._warn(warning)
+            if doing is not None:
+                self._set(NodeState.RECOVERING, doing)
             try:
                 result = await provisioner.provision(self.name, request, self.report)
             except ProvisionError as err:
