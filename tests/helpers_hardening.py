@@ -14,7 +14,8 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from helpers_actor import FINISH_CODES, ActorLine, parse_line
@@ -22,12 +23,30 @@ from helpers_actor import FINISH_CODES, ActorLine, parse_line
 from fliswarm.actor import FLISwarmActor
 
 
-__all__ = ["LoopThread", "ActorThread", "LineClient", "VALID_CODES", "close_log_files"]
+__all__ = [
+    "LoopThread",
+    "ActorThread",
+    "LineClient",
+    "VALID_CODES",
+    "GREETING_KEYWORDS",
+    "check_stream",
+    "close_log_files",
+    "log_offsets",
+    "logged_since",
+]
 
 T = TypeVar("T")
 
 #: Every message code a LegacyActor may write.
 VALID_CODES = frozenset(">:fe!iwd")
+
+#: Command ids for every `LineClient` of the process: no two clients ever send the same id,
+#: so a reply that carries another client's command id is told apart from one of ours.
+_MIDS = itertools.count(1000)
+
+#: The keywords of a LegacyActor's greeting of a new user (command id 0): ``yourUserID``,
+#: ``num_users`` and ``version``.
+GREETING_KEYWORDS = frozenset({"yourUserID", "num_users", "version"})
 
 
 class LoopThread:
@@ -97,6 +116,15 @@ class ActorThread(LoopThread):
     def port(self) -> int:
         return int(self.actor.port)
 
+    def log_files(self) -> list[Path]:
+        """The actor's own log files (not those of the flicamera processes beside them)."""
+
+        return [
+            Path(handler.baseFilename)
+            for handler in self.actor.log.handlers
+            if isinstance(handler, logging.FileHandler)
+        ]
+
     def stop(self) -> None:
         try:
             self.call(self.actor.stop(), 30)
@@ -114,7 +142,11 @@ def close_log_files(actor: Any) -> None:
 
 
 class LineClient:
-    """A blocking LegacyActor client: raw bytes out, parsed reply lines in."""
+    """A blocking LegacyActor client: raw bytes out, parsed reply lines in.
+
+    It records the command ids it SENDS (``sent``): `check_stream` checks every line it
+    received against them, so a reply misrouted to this client is caught.
+    """
 
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
         self.sock = socket.create_connection((host, port), timeout)
@@ -122,14 +154,20 @@ class LineClient:
         #: Every parsed line, in order; ``bad`` keeps lines that did not parse.
         self.lines: list[ActorLine] = []
         self.bad: list[bytes] = []
-        self._mids = itertools.count(1000)
+        #: The command ids of every line this client sent.
+        self.sent: set[int] = set()
+        #: How many of ``lines`` `check_stream` has checked.
+        self.checked = 0
         greeting = self.wait(lambda line: "yourUserID" in line.keywords, timeout)
         self.user_id = int(greeting.values("yourUserID")[0])
 
     def next_mid(self) -> int:
-        return next(self._mids)
+        return next(_MIDS)
 
-    def send_raw(self, data: bytes) -> None:
+    def send_raw(self, data: bytes, mids: Iterable[int] = ()) -> None:
+        """Sends bytes as they are; ``mids`` are the command ids of the lines in them."""
+
+        self.sent.update(mids)
         self.sock.sendall(data)
 
     def send(self, command: str | bytes, mid: int | None = None) -> int:
@@ -137,7 +175,7 @@ class LineClient:
 
         mid = self.next_mid() if mid is None else mid
         body = command.encode() if isinstance(command, str) else command
-        self.send_raw(str(mid).encode() + b" " + body + b"\n")
+        self.send_raw(str(mid).encode() + b" " + body + b"\n", (mid,))
         return mid
 
     def _read_some(self, deadline: float) -> bool:
@@ -187,3 +225,49 @@ class LineClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def check_stream(client: LineClient) -> None:
+    """Every line ``client`` received (since the last check) is well-formed and its own.
+
+    A line parses, has a valid code and is either a broadcast (``0 0``), a user greeting
+    (command id 0: CLU writes each new user's ``yourUserID`` and ``version`` lines, with
+    that user's id, to every connection), or a reply with this client's user id and a
+    command id this client SENT. Any other line (another user's id, a command id this
+    client never sent) is a misrouted reply.
+    """
+
+    assert not client.bad, f"malformed lines from the actor: {client.bad[:3]!r}"
+    for line in client.lines[client.checked :]:
+        assert line.code in VALID_CODES, f"invalid code: {line.raw[:200]!r}"
+        if line.command_id == 0:
+            assert line.user_id == 0 or line.keywords.keys() <= GREETING_KEYWORDS, (
+                f"a line for user {line.user_id} without a command id that is not a "
+                f"greeting: {line.raw[:200]!r}"
+            )
+            continue
+        assert line.user_id == client.user_id, (
+            f"a reply for user {line.user_id} reached user {client.user_id}: {line.raw[:200]!r}"
+        )
+        assert line.command_id in client.sent, (
+            f"a reply with command id {line.command_id}, which user {client.user_id} never "
+            f"sent: {line.raw[:200]!r}"
+        )
+    client.checked = len(client.lines)
+
+
+def log_offsets(paths: Iterable[Path]) -> dict[Path, int]:
+    """The size of each log file, to read what is written to it after."""
+
+    return {path: path.stat().st_size if path.exists() else 0 for path in paths}
+
+
+def logged_since(offsets: dict[Path, int]) -> str:
+    """What the log files of ``offsets`` (from `log_offsets`) gained since."""
+
+    text = []
+    for path, offset in offsets.items():
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text.append(f.read().decode(errors="replace"))
+    return "".join(text)

@@ -174,8 +174,9 @@ async def test_status_and_reconnect_with_a_powered_off_node(
         for name in names[:-1]:
             assert node_kw[name][3:] == ["T", "T"]
             assert nodes_of(status, "container")[name][1] != "NA"
-        # ~ one ping / engine timeout (0.5 s / 1 s), whatever the dead node does.
-        assert elapsed < 3, elapsed
+        # ~ one ping / engine timeout (0.5 s / 1 s), whatever the dead node does: far from
+        # the dead engine's request timeout (docker_request 15 s) it must not wait out.
+        assert elapsed < 8, elapsed
 
         t0 = time.monotonic()
         failed = await client.command(f"reconnect -n {dead}", 30)
@@ -184,7 +185,8 @@ async def test_status_and_reconnect_with_a_powered_off_node(
         assert failed.code == "f", str(failed)
         assert failed.with_keyword("failedNodes")[0].values("failedNodes") == [dead]
         assert f"Failed to reconnect {dead}." in failed.lines[-1].raw
-        assert elapsed < 5, elapsed
+        # ~ one engine timeout (1 s): far from docker_request (15 s) and container_ready (40 s).
+        assert elapsed < 8, elapsed
 
         talk = await client.command("talk status", 30)
         assert talk.code == ":", str(talk)
@@ -241,15 +243,11 @@ async def test_reboot_soft_ssh_to_a_node_without_sshd(bed: Testbed, image: str, 
     actor = await start_actor(bed, image, tmp_path)
     client = await ActorClient.connect("127.0.0.1", actor.port)
     try:
-        t0 = time.monotonic()
         reply = await client.command(f"reboot -n {name}", 30)
-        elapsed = time.monotonic() - t0
-        print(f"ssh reboot of a node without sshd failed in {elapsed:.2f} s")
         assert reply.code == "f", str(reply)
         [text] = [t for t in reply.texts() if t.startswith(f"{name}: ssh")]
         assert text.startswith(f"{name}: ssh failed with exit code 255: ")
-        assert "Connection refused" in text, text
-        assert elapsed < 5  # timeouts.ssh
+        assert "Connection refused" in text, text  # Refused at once, not at the ssh timeout.
         argv = f"-o BatchMode=yes -o ConnectTimeout=3 -- root@{bed.nodes[0].addr} sudo reboot"
         assert any(argv in line.raw for line in reply.lines if line.code == "d")
     finally:

@@ -8,11 +8,12 @@ The same commands against real Docker nodes and flicamera containers are in
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers_actor import ActorClient, free_port, write_config
 
 from fliswarm.actor import FLISwarmActor
@@ -161,9 +162,7 @@ async def client(actor: FLISwarmActor):
 
 
 async def test_status_without_docker(client: ActorClient):
-    t0 = time.monotonic()
     reply = await client.command("status", 15)
-    elapsed = time.monotonic() - t0
     assert reply.code == ":", str(reply)
     [enabled] = reply.with_keyword("enabledNodes")
     assert sorted(enabled.values("enabledNodes")) == ["fvc", "gfa1", "gfa2"]
@@ -179,8 +178,103 @@ async def test_status_without_docker(client: ActorClient):
         warned >= {"gfa1", "gfa2", "fvc"}
         or "Docker client on node 127.0.0.1 is not connected." in reply.texts()
     ), reply.texts()
-    assert elapsed < 3, elapsed  # In parallel: ~one engine timeout (0.5 s), not three.
-    print(f"status of 3 nodes without Docker: {elapsed:.2f} s")
+
+
+class HungEngine:
+    """A Docker engine address that accepts connections and never answers (a hung engine).
+
+    ``requests`` records the loop time and request line of each request it gets.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[float, str]] = []
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> HungEngine:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        while line := await reader.readline():
+            if line.split(b" ")[0] in (b"GET", b"POST", b"DELETE", b"HEAD", b"PUT"):
+                self.requests.append((asyncio.get_running_loop().time(), line.decode().strip()))
+
+    def first(self, path: str) -> float:
+        """When the first request for ``path`` came."""
+
+        times = [when for when, line in self.requests if f" {path}" in line]
+        assert times, f"no request for {path}: {self.requests}"
+        return min(times)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self.writers:
+            writer.close()
+
+
+#: How long a hung engine is waited for (``docker_connect``): a serial wait for three of them
+#: (3 x HUNG) and a parallel one (1 x HUNG) are far apart.
+HUNG = 4.0
+
+
+async def test_start_and_status_wait_for_hung_engines_in_parallel(tmp_path: Path):
+    """Three nodes whose Docker engines accept connections and never answer: start and
+    status ask them all at once and wait ~one ``docker_connect`` (4 s), not three (12 s)."""
+
+    engines = [await HungEngine().start() for _ in range(3)]
+    names = ["gfa1", "gfa2", "fvc"]
+    path = write_config(
+        tmp_path / "fliswarm.yaml",
+        free_port(),
+        {name: free_port() for name in names},
+        names,
+        timeouts={"docker_connect": HUNG, "docker_request": 30, "ssh": 3},
+        ping_timeout=0.5,
+    )
+    config = yaml.safe_load(path.read_text())
+    for name, engine in zip(names, engines, strict=True):
+        config["nodes"][name]["docker-client"] = f"tcp://127.0.0.1:{engine.port}"
+    actor = FLISwarmActor.from_config(config)
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        await asyncio.wait_for(actor.start(), 60)
+        took = loop.time() - started
+        asked = [engine.first("/_ping") for engine in engines]
+        spread = max(asked) - min(asked)
+        print(f"start with 3 hung engines: {took:.2f} s, all asked within {spread:.3f} s")
+        assert spread < HUNG / 2, asked  # Serially: >= HUNG apart.
+        assert took < 2 * HUNG, took  # Serially: >= 3 * HUNG.
+
+        # The supervisor (which would soon report them offline without asking) is stopped:
+        # status asks the engines itself.
+        await actor.supervisor.stop()
+        for engine in engines:
+            engine.requests.clear()
+        client = await ActorClient.connect("127.0.0.1", actor.port)
+        try:
+            started = loop.time()
+            reply = await client.command("status", 60)
+            took = loop.time() - started
+        finally:
+            await client.close()
+        assert reply.code == ":", str(reply)
+        nodes = [line.values("node") for line in reply.with_keyword("node")]
+        assert {values[0]: values[4] for values in nodes} == dict.fromkeys(names, "F"), nodes
+        asked = [engine.first("/_ping") for engine in engines]
+        spread = max(asked) - min(asked)
+        print(f"status of 3 hung engines: {took:.2f} s, all asked within {spread:.3f} s")
+        assert spread < HUNG / 2, asked
+        assert took < 2 * HUNG, took
+    finally:
+        await actor.stop()
+        for engine in engines:
+            await engine.stop()
 
 
 async def test_enable_disable_and_unknown_nodes(client: ActorClient, actor: FLISwarmActor):
@@ -191,10 +285,8 @@ async def test_enable_disable_and_unknown_nodes(client: ActorClient, actor: FLIS
     assert "gfa9: no such node in the configuration." in unknown.texts()
     assert "None of the nodes" in str(unknown.lines[-1].raw)
 
-    t0 = time.monotonic()
     mixed = await client.command("enable gfa6 gfa9", 10)
     assert mixed.code == ":", str(mixed)
-    assert time.monotonic() - t0 < 5
     assert "gfa9: no such node in the configuration." in mixed.texts()
     assert "gfa6: enabled, but its Docker engine is not answering." in mixed.texts()
     [enabled] = mixed.with_keyword("enabledNodes")
@@ -230,16 +322,15 @@ async def test_enable_disable_and_unknown_nodes(client: ActorClient, actor: FLIS
 
 
 async def test_reconnect_unreachable_docker_fails_in_bounded_time(client: ActorClient):
-    t0 = time.monotonic()
+    # Bounded: within 15 s, half the container_ready timeout (30 s by default) it must not
+    # wait for (the engines refuse at once here).
     reply = await client.command("reconnect -n gfa1,nope -c fvc --force", 15)
-    elapsed = time.monotonic() - t0
     assert reply.code == "f", str(reply)
     assert "nope: no such node." in reply.texts()
     [failed] = reply.with_keyword("failedNodes")
     assert sorted(failed.values("failedNodes")) == ["fvc", "gfa1"]
     error = " ".join(reply.lines[-1].values("error"))
     assert error.startswith("Failed to reconnect ") and "not answering" in error
-    assert elapsed < 5, elapsed
 
 
 async def test_reboot_errors_without_power_or_ssh(client: ActorClient):
@@ -247,11 +338,10 @@ async def test_reboot_errors_without_power_or_ssh(client: ActorClient):
     assert hard.code == "f", str(hard)
     assert "gfa1: no power section in the configuration." in hard.texts()
 
-    # Nothing listens on port 22 of 127.0.0.1 (the nodes' host): ssh fails cleanly.
-    t0 = time.monotonic()
+    # Nothing listens on port 22 of 127.0.0.1 (the nodes' host): ssh fails cleanly, refused
+    # (checked below), not at its timeout.
     soft = await client.command("reboot -n gfa1,gfa2", 15)
     assert soft.code == "f", str(soft)
-    assert time.monotonic() - t0 < 5  # ssh timeout is 3 s.
     argv = [line for line in soft.lines if line.code == "d" and "running ssh" in line.raw]
     assert (
         len(argv) == 2

@@ -119,9 +119,8 @@ async def test_talk_options_after_the_camera_command_go_to_flicamera(client: Act
 
 
 async def test_talk_warns_for_unconnected_camera(client: ActorClient):
-    t0 = time.monotonic()
+    # Within 15 s: half the talk timeout (30 s) it must not wait out for fvc.
     reply = await client.command("talk status", 15)
-    assert time.monotonic() - t0 < 5
     assert reply.code == ":", str(reply)
     assert any(t.startswith("fvc: flicamera is not connected") for t in reply.texts())
     [failed] = reply.with_keyword("failedNodes")
@@ -142,13 +141,20 @@ async def test_talk_failed_camera_command(client: ActorClient):
     assert nothing.code == "f" and "gfa6: node is disabled." in nothing.texts()
 
 
-async def test_talk_timeout_then_camera_still_usable(client: ActorClient):
-    t0 = time.monotonic()
+async def test_talk_timeout_then_camera_still_usable(actor: FLISwarmActor, client: ActorClient):
     reply = await client.command("talk -t 0.5 -n gfa2 expose 1.5", 15)
-    assert time.monotonic() - t0 < 3
+    # Failed by the 0.5 s timeout (not at the end of the 1.5 s exposure, which succeeds).
     assert reply.code == "f", str(reply)
     assert any("no answer from gfa2 after 0.5 s" in t for t in reply.texts())
-    await asyncio.sleep(1.5)  # Let the abandoned exposure end on flicamera's side.
+    # The abandoned exposure ends on flicamera's side: its sub-command (kept so that its id
+    # is not reused meanwhile) goes when flicamera's final reply comes.
+    device = actor.flicameras["gfa2"]
+    assert device.running, "the timed-out exposure was forgotten before flicamera ended it"
+    deadline = time.monotonic() + 20
+    while device.running:
+        assert time.monotonic() < deadline, f"flicamera never ended it: {device.running}"
+        await asyncio.sleep(0.05)
+    assert device.id_pool.in_use == 0
     after = await client.command("talk -n gfa2 status", 15)
     assert after.code == ":" and len(after.with_keyword("status")) == 1
 
@@ -171,12 +177,12 @@ async def test_flicamera_killed_mid_expose(actor: FLISwarmActor, client: ActorCl
             start,
         )
         procs.kill("gfa3")
-        t0 = time.monotonic()
+        # Within 15 s: far from the talk timeout (30 s + the 2 s exposure) gfa3's part must
+        # not wait out (the text below says it ended with the connection).
         end = await client.wait_for(lambda ln: ln.command_id == mid and ln.code in ":f", 15, start)
         lines = [line for line in client.lines[start:] if line.command_id == mid]
         texts = [" ".join(line.values("text")) for line in lines if "text" in line.keywords]
         assert end.code == ":"  # gfa1 finished its exposure.
-        assert time.monotonic() - t0 < 4
         assert any(t.startswith("gfa3: ") and "connection to flicamera" in t for t in texts)
         failed = [line.values("failedNodes") for line in lines if "failedNodes" in line.keywords]
         assert failed == [["gfa3"]]
@@ -191,10 +197,12 @@ async def test_flicamera_killed_mid_expose(actor: FLISwarmActor, client: ActorCl
 
 async def test_start_without_tron_and_with_unreachable_docker(flicameras, tmp_path: Path):
     ports = dict(flicameras.ports)
-    t0 = time.monotonic()
-    actor = await make_actor(tmp_path, ports, ["gfa1", "gfa2"], timeouts={"docker_connect": 1})
+    # Starts (does not hang) without tron and with the engines refusing; that start waits
+    # for hung engines at once, not one after the other, is in test_actor_commands.py.
+    actor = await asyncio.wait_for(
+        make_actor(tmp_path, ports, ["gfa1", "gfa2"], timeouts={"docker_connect": 1}), 30
+    )
     try:
-        assert time.monotonic() - t0 < 1 + 1.5
         assert not any(device.is_connected() for device in actor.flicameras.values())
         client = await ActorClient.connect("127.0.0.1", actor.port)
         reply = await client.command("talk -n gfa1 status", 15)  # Connects on demand.
@@ -203,8 +211,8 @@ async def test_start_without_tron_and_with_unreachable_docker(flicameras, tmp_pa
     finally:
         await actor.stop()
     assert not actor.flicameras["gfa1"].is_connected()
-    with pytest.raises(OSError):
-        await asyncio.wait_for(asyncio.open_connection("127.0.0.1", actor.port), 2)
+    with pytest.raises(ConnectionRefusedError):  # Not listening any more (not a timeout).
+        await asyncio.wait_for(asyncio.open_connection("127.0.0.1", actor.port), 10)
 
 
 async def test_keywords_are_validated_but_relayed_ones_are_not(actor, client: ActorClient):
@@ -271,10 +279,9 @@ async def test_tron_absent_at_start(tmp_path: Path, tron_hub_factory, tron_clien
     )
     actor = FLISwarmActor.from_config(str(path))
     actor.tron_max_delay = 1.0
-    t0 = time.monotonic()
-    await actor.start()
     try:
-        assert time.monotonic() - t0 < 4
+        # start() does not wait for tron: tron only comes up below, after start returned.
+        await asyncio.wait_for(actor.start(), 30)
         direct = await ActorClient.connect("127.0.0.1", actor_port)
         assert (await direct.command("ping", 5)).code == ":"
         await direct.close()

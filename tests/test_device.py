@@ -110,10 +110,9 @@ async def test_failure_help_and_parallel_commands(flicameras: FlicameraProcesses
 async def test_start_refused_and_stop_never_raises():
     device = FlicameraDevice("gfa9", "127.0.0.1", free_port())
     await device.stop()  # Never started.
-    t0 = time.monotonic()
-    with pytest.raises(ConnectionError, match="gfa9"):
-        await device.start(timeout=2)
-    assert time.monotonic() - t0 < 2
+    # Refused at once (not "connecting ... timed out" after the 30 s timeout).
+    with pytest.raises(ConnectionError, match=r"^gfa9: cannot connect to 127\.0\.0\.1:"):
+        await device.start(timeout=30)
     assert not device.is_connected() and device.last_error
     sub = await device.run("status", Recorder(), timeout=1)
     assert sub.ok is False and "not connected" in (sub.error or "")
@@ -130,9 +129,8 @@ async def test_connection_loss_fails_pending(tmp_path: Path):
         sub = device.send("expose 2", parent)
         await wait_until(lambda: parent.keyword("exposure_state"), 10)
         procs.kill("gfa5")
-        t0 = time.monotonic()
-        await sub.wait(10)
-        assert time.monotonic() - t0 < 2
+        await sub.wait(30)
+        # Failed by the lost connection, not at the 30 s timeout ("no answer ... after").
         assert sub.ok is False and "connection to flicamera" in (sub.error or "")
         assert sub.error.startswith("gfa5: ")
         assert not device.is_connected()
@@ -240,7 +238,7 @@ async def test_malformed_lines_are_dropped():
     assert texts == [["gfa1", '"line break;x=1"'], ["gfa1", "ok1"], ["gfa1", "done"]]
     codes = [(code, next(iter(message))) for code, message, _ in parent.writes]
     # The nested "a" value reaches the writer here; the real actor cannot format it and the
-    # device drops it (see test_relay_cost_through_real_actor).
+    # device drops it (see test_relay_through_real_actor).
     assert codes == [("i", "a"), ("i", "text"), ("i", "text"), ("w", "error"), ("i", "text")]
     assert device.id_pool.in_use == 0
 
@@ -273,8 +271,10 @@ async def test_timeout_quarantines_id_and_unsolicited_is_broadcast():
         await device.stop()
 
 
-async def test_relay_cost_through_real_actor(tmp_path: Path):
-    """Each relayed line costs well under 0.5 ms in the fliswarm actor (file log included)."""
+async def test_relay_through_real_actor(tmp_path: Path):
+    """5000 relayed lines reach the user through the fliswarm actor (file log included); a
+    value the actor cannot format is dropped. (The cost per line is a benchmark's:
+    ``relay: actor CPU per relayed line`` in benchmarks/report.py.)"""
 
     from clu.command import Command
 
@@ -296,18 +296,14 @@ async def test_relay_cost_through_real_actor(tmp_path: Path):
             sub = device.send("flood", command)
             state = {"camera": "gfa1", "state": "integrating", "image_type": "object"}
             lines = [reply(sub.command_id, "i", {"exposure_state": state})] * 5000
-            t0 = time.perf_counter()
             for line in lines:
                 device.handle_line(line)
-            per_line = (time.perf_counter() - t0) / len(lines)
             device.handle_line(reply(sub.command_id, "i", {"a": {"b": {"c": 1}}}))
             device.handle_line(reply(sub.command_id, ":", {}))
             assert sub.ok
             await device.stop()
         await client.wait_for(lambda line: line.command_id == 7, 5)
         await wait_until(lambda: sum(line.command_id == 7 for line in client.lines) >= 5000, 20)
-        print(f"relay cost: {per_line * 1e6:.0f} us per line")
-        assert per_line < 0.5e-3, f"{per_line * 1e3:.3f} ms per line"
         last = client.lines[-1].keywords
         assert last["exposure_state"] == ["gfa1", "gfa1", "integrating", "object"]
         assert not any("a" in line.keywords for line in client.lines)

@@ -170,22 +170,20 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_image_build_and_push(registry: str, cache_dir: Path) -> None:
-    build = build_flicamera_image(registry, "test/flicamera", "sim", cache_dir)
-    assert build.reference == f"{registry}/test/flicamera:sim"
+    # A repository no other test pushes to: whatever ran before, it gets both blobs.
+    build = build_flicamera_image(registry, "test/fresh", "sim", cache_dir)
+    assert build.reference == f"{registry}/test/fresh:sim"
     assert build.inputs_hash == IMAGE_INPUTS_HASH
-    assert build.uploaded == 2  # a fresh registry gets the layer and the config
+    assert build.uploaded == 2  # a fresh repository gets the layer and the config
     assert 50e6 < build.layer_size < build.rootfs_size < 600e6
 
-    status, headers, body = registry_get(
-        registry, "/v2/test/flicamera/manifests/sim", MANIFEST_TYPE
-    )
+    status, headers, body = registry_get(registry, "/v2/test/fresh/manifests/sim", MANIFEST_TYPE)
     assert status == 200
     assert headers["Docker-Content-Digest"] == build.digest
     manifest = json.loads(body)
     assert manifest["layers"][0]["size"] == build.layer_size
-    status, _, body = registry_get(
-        registry, f"/v2/test/flicamera/blobs/{manifest['config']['digest']}"
-    )
+    config_digest = manifest["config"]["digest"]
+    status, _, body = registry_get(registry, f"/v2/test/fresh/blobs/{config_digest}")
     config = json.loads(body)["config"]
     assert config["Cmd"][-1] == "/opt/fliswarm/flicamera_launcher.py"
     assert "PYTHONPATH=/opt/python-packages" in config["Env"]
@@ -197,9 +195,8 @@ def test_image_build_and_push(registry: str, cache_dir: Path) -> None:
 def test_image_cache_is_reused(registry: str, cache_dir: Path) -> None:
     first = build_flicamera_image(registry, "test/flicamera", "sim", cache_dir)
     again = build_flicamera_image(registry, "test/flicamera", "sim", cache_dir)
-    assert not again.built and again.uploaded == 0
+    assert not again.built and again.uploaded == 0  # (how fast: benchmarks/image_bench.py)
     assert again.digest == first.digest
-    assert again.seconds < 2.0
     # The cached build goes to another repository without a rebuild.
     other = build_flicamera_image(registry, "test/other", "v1", cache_dir)
     assert not other.built and other.uploaded == 2 and other.digest == first.digest

@@ -1,9 +1,11 @@
 """Fuzzed and nasty command lines against the REAL actor on a loopback port.
 
 Every command line must end with ``:`` or ``f`` (an ``f`` carries an ``error`` keyword), for
-the client that sent it, with its command id; the actor must keep serving other clients (a
-concurrent ``ping`` answers) and never drop the connection or log a traceback. One node
-(gfa1) is a real flicamera actor on the host, another (gfa2) is down, Docker is unreachable.
+the client that sent it, with its command id; every line either client receives is a
+broadcast or a reply to a command id that client SENT (`helpers_hardening.check_stream`);
+the actor must keep serving other clients (a concurrent ``ping`` answers) and never drop the
+connection or log a traceback (checked after every test, for that test). One node (gfa1) is
+a real flicamera actor on the host, another (gfa2) is down, Docker is unreachable.
 """
 
 from __future__ import annotations
@@ -11,16 +13,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import re
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers_actor import FlicameraProcesses, free_port, write_config
-from helpers_hardening import VALID_CODES, ActorThread, LineClient
+from helpers_hardening import (
+    GREETING_KEYWORDS,
+    VALID_CODES,
+    ActorThread,
+    LineClient,
+    check_stream,
+    log_offsets,
+    logged_since,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -80,6 +91,34 @@ def clients(site: ActorThread) -> Iterator[tuple[LineClient, LineClient]]:
     witness.close()
 
 
+@pytest.fixture(autouse=True)
+def no_traceback_logged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the module's actor: no traceback logged during it, no device id
+    or sub-command left behind, and every line the clients got was their own."""
+
+    if "site" not in request.fixturenames:
+        yield
+        return
+    site: ActorThread = request.getfixturevalue("site")
+    logs = site.log_files()
+    assert logs, "the actor has no log file"
+    offsets = log_offsets(logs)
+    yield
+    probe = LineClient(site.port)  # Whatever the test did has been handled by now.
+    try:
+        assert probe.command("ping")[-1].code == ":"
+    finally:
+        probe.close()
+    text = logged_since(offsets)
+    assert "Traceback" not in text, text[max(0, text.find("Traceback") - 300) :][:3000]
+    # A timed-out sub-command keeps its device id until flicamera ends it.
+    counts = _wait_counts(site, lambda c: c["ids_in_use"] == 0 and c["running"] == 0)
+    assert counts["ids_in_use"] == 0 and counts["running"] == 0, counts
+    if "clients" in request.fixturenames:
+        for client in request.getfixturevalue("clients"):
+            check_stream(client)
+
+
 def check_finishes(
     site: ActorThread, fuzzer: LineClient, witness: LineClient, body: bytes, timeout: float = 20
 ) -> list[Any]:
@@ -96,7 +135,8 @@ def check_finishes(
     for line in lines:
         assert line.user_id == fuzzer.user_id, f"reply to the wrong user: {line.raw!r}"
         assert line.code in VALID_CODES
-    assert not fuzzer.bad and not witness.bad, "malformed reply lines"
+    check_stream(fuzzer)
+    check_stream(witness)
     return lines
 
 
@@ -205,12 +245,18 @@ def test_lines_without_command_id(site: ActorThread, clients: tuple[LineClient, 
     fuzzer, _ = clients
     start = len(fuzzer.lines)
     fuzzer.send_raw(b"\n\n   \n")  # Empty lines: no command, no reply.
-    fuzzer.send_raw(b"7\n")  # An id and nothing else.
-    fuzzer.send_raw(b"8 \t \n")  # The same with blanks.
+    fuzzer.send_raw(b"7\n", mids=[7])  # An id and nothing else.
+    fuzzer.send_raw(b"8 \t \n", mids=[8])  # The same with blanks.
     for mid in (7, 8):
         [line] = fuzzer.finish(mid)
         assert line.code == "f" and "Could not parse" in line.values("error")[0]
-    assert [line.command_id for line in fuzzer.lines[start:]] == [7, 8]
+    # Only those two replies (other users' greetings and broadcasts aside).
+    replies = [
+        line.command_id
+        for line in fuzzer.lines[start:]
+        if line.user_id and not line.keywords.keys() <= GREETING_KEYWORDS
+    ]
+    assert replies == [7, 8], [line.raw for line in fuzzer.lines[start:]]
 
 
 def test_unbalanced_quote_keeps_the_connection(
@@ -241,14 +287,22 @@ def _connect_and_close(port: int, reset: bool) -> None:
     sock.close()
 
 
-def _wait_back_to(site: ActorThread, base: dict[str, int], timeout: float = 20) -> dict[str, int]:
-    keys = ("users", "server_transports")
+def _wait_counts(
+    site: ActorThread, done: Callable[[dict[str, int]], bool], timeout: float = 20
+) -> dict[str, int]:
+    """The actor's bookkeeping counts once ``done`` holds for them (or at the timeout)."""
+
     deadline = time.monotonic() + timeout
     while True:
         now = site.counts()
-        if all(now[key] == base[key] for key in keys) or time.monotonic() > deadline:
+        if done(now) or time.monotonic() > deadline:
             return now
         time.sleep(0.05)
+
+
+def _wait_back_to(site: ActorThread, base: dict[str, int], timeout: float = 20) -> dict[str, int]:
+    keys = ("users", "server_transports")
+    return _wait_counts(site, lambda now: all(now[key] == base[key] for key in keys), timeout)
 
 
 def test_connect_and_close_does_not_leak(site: ActorThread):
@@ -271,19 +325,6 @@ def test_connect_and_close_does_not_leak(site: ActorThread):
         assert now["server_transports"] == base["server_transports"], f"burst {burst}: {now}"
 
 
-def test_no_traceback_logged(site: ActorThread, clients: tuple[LineClient, LineClient]):
-    """Runs last in this module: nothing above made the actor log a traceback."""
-
-    fuzzer, _ = clients
-    assert fuzzer.command("ping")[-1].code == ":"
-    logs = list(Path(site.log_dir).glob("*.log"))
-    assert logs
-    text = "".join(path.read_text(errors="replace") for path in logs)
-    assert "Traceback" not in text, text[text.find("Traceback") - 300 :][:3000]
-    counts = site.counts()
-    assert counts["ids_in_use"] == 0 and counts["running"] == 0
-
-
 async def _burst_of_vanishing_clients(port: int, n: int = 40) -> None:
     """Clients that connect and close at once; every other one resets the connection, so
     that the next greeting written to it fails with BrokenPipeError."""
@@ -297,7 +338,29 @@ async def _burst_of_vanishing_clients(port: int, n: int = 40) -> None:
         if index % 2:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-    await asyncio.sleep(1)
+
+
+async def _sentinel(port: int, timeout: float = 20) -> asyncio.StreamWriter:
+    """A client connected after a burst, once the actor answered its ``ping``.
+
+    The backlog is FIFO: the sentinel is greeted after every client of the burst was
+    accepted, and their ends (already pending) are handled before its ping is answered.
+    """
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def until(pattern: str) -> None:
+        while not re.match(pattern, line := (await reader.readline()).decode()):
+            if not line:
+                raise ConnectionError("the actor closed the sentinel's connection.")
+
+    async def greeted_and_answered() -> None:
+        await until(r"\d+ 0 i yourUserID=")
+        writer.write(b"1 ping\n")
+        await until(r"\d+ 1 : ")
+
+    await asyncio.wait_for(greeted_and_answered(), timeout)
+    return writer
 
 
 # The trap is that of CLU 2.6 (the version fliswarm's SafeStreamServer works around): the
@@ -327,7 +390,10 @@ async def test_vanishing_clients_leak_only_with_clu_server(tmp_path: Path, kind:
     loop.set_exception_handler(lambda loop, ctx: handler_errors.append(ctx.get("exception")))
     try:
         await _burst_of_vanishing_clients(port)
-        leaked = (len(actor._server.transports), len(actor.transports))
+        sentinel = await _sentinel(port)
+        # Not counting the sentinel, still connected.
+        leaked = (len(actor._server.transports) - 1, len(actor.transports) - 1)
+        sentinel.close()
     finally:
         loop.set_exception_handler(None)
         if kind == "fliswarm":

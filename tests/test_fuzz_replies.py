@@ -7,9 +7,13 @@ unknown command ids, odd keyword names and values, invalid UTF-8, huge numbers),
 floods and huge lines; node gfa2 is a real flicamera. Whatever gfa1 sends:
 
 - the actor's output stays well-formed: every line parses, carries a valid code and either
-  the broadcast ids ``0 0`` or the ids of the client's own command (no injected lines);
+  the broadcast ids ``0 0`` or this client's user id and a command id this client SENT
+  (`helpers_hardening.check_stream`; no injected lines). A second client runs its own
+  commands (on gfa1, gfa2 and the actor) while the fuzz is relayed, and its stream is
+  checked against its own sent ids the same way: nothing is misrouted between the two;
 - the ``talk`` ends with ``:`` or ``f``, the connection to gfa1 stays up, its command ids
-  are all returned, and gfa2 and the actor itself (``ping``) are unaffected.
+  are all returned, and gfa2 and the actor itself (``ping``) are unaffected;
+- the actor logs no traceback (checked after every test, for that test).
 """
 
 from __future__ import annotations
@@ -18,12 +22,18 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers_actor import FlicameraProcesses, free_port, write_config
-from helpers_hardening import VALID_CODES, ActorThread, LineClient, LoopThread
+from helpers_hardening import (
+    ActorThread,
+    LineClient,
+    LoopThread,
+    check_stream,
+    log_offsets,
+    logged_since,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_device import FakePeer, reply
@@ -158,16 +168,40 @@ def client(site: Site) -> Iterator[LineClient]:
     client.close()
 
 
-def check_stream(client: LineClient, mids: set[int]) -> None:
-    """Every line is well-formed: a valid code, and broadcast ids or one of ours."""
+@pytest.fixture(scope="module")
+def other(site: Site) -> Iterator[LineClient]:
+    """A second client, with its own commands in flight while the fuzz is relayed."""
 
-    assert not client.bad, f"malformed lines from the actor: {client.bad[:3]!r}"
-    for line in client.lines:
-        assert line.code in VALID_CODES, line.raw
-        assert (line.user_id, line.command_id) == (0, 0) or (
-            line.user_id == client.user_id and line.command_id in mids | {0}
-        ), f"unexpected ids: {line.raw[:200]!r}"
+    actor, _, _ = site
+    other = LineClient(actor.port)
+    yield other
+    other.close()
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_logged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test: the actor logged no traceback during it (and still answers)."""
+
+    actor, _, _ = request.getfixturevalue("site")
+    logs = actor.log_files()
+    assert logs, "the actor has no log file"
+    offsets = log_offsets(logs)
+    yield
+    probe = LineClient(actor.port)  # Whatever the test did has been handled by now.
+    try:
+        assert probe.command("ping")[-1].code == ":"
+    finally:
+        probe.close()
+    text = logged_since(offsets)
+    assert "Traceback" not in text, text[max(0, text.find("Traceback") - 300) :][:3000]
+
+
+def check_own_stream(client: LineClient) -> None:
+    """`check_stream`, and no line injected by a fuzzed value."""
+
+    for line in client.lines[client.checked :]:
         assert "injected" not in line.keywords, line.raw[:200]
+    check_stream(client)
 
 
 def device_state(actor: ActorThread, name: str) -> tuple[bool, int, int]:
@@ -180,25 +214,53 @@ def device_state(actor: ActorThread, name: str) -> tuple[bool, int, int]:
 
 @FUZZ
 @given(script=st.lists(lines, min_size=1, max_size=12))
-def test_fuzzed_reply_lines(site: Site, client: LineClient, script: list[Any]):
+def test_fuzzed_reply_lines(site: Site, client: LineClient, other: LineClient, script: list[Any]):
     actor, peer, _ = site
     peer.script = script
     mid = client.send("talk -n gfa1 -t 3 fuzz")
+    # The other client's commands, in flight at the same time: one to the fuzzing peer (its
+    # replies come on the same connection as the fuzz), one to gfa2, one to the actor.
+    on_gfa1 = other.send("talk -n gfa1 ping")
+    on_gfa2 = other.send("talk -n gfa2 status")
+    ping = other.send("ping")
     final = client.finish(mid, timeout=10)[-1]
     assert final.code in ":f"
     if final.code == "f":
         assert final.values("error")
+    # A fuzzed line may carry the device id of the other client's gfa1 command and end it.
+    assert other.finish(on_gfa1, timeout=10)[-1].code in ":f"
+    status = other.finish(on_gfa2, timeout=10)
+    assert status[-1].code == ":" and any(x.values("status")[:1] == ["gfa2"] for x in status)
+    assert other.finish(ping, timeout=5)[-1].code == ":"
     pong = client.command("ping", timeout=5)
     assert pong[-1].code == ":"
-    check_stream(client, {line.command_id for line in client.lines if line.user_id})
+    check_own_stream(client)
+    check_own_stream(other)
     connected, in_use, running = device_state(actor, "gfa1")
     assert connected and in_use == 0 and running == 0
 
 
+#: A fixed script of bad lines (the fuzz's kinds), answered to one ``fuzz`` command.
+NASTY_SCRIPT: list[tuple[str, Any]] = [
+    ("raw", b"not json at all"),
+    ("raw", b"\xff\xfe\x00"),
+    ("raw", b"{" * 10000),
+    ("raw", b'{"header": {"command_id": 1e400, "message_code": ":"}}'),
+    ("json", {"header": {"command_id": OWN, "message_code": "i"}, "data": {"bad key": 1}}),
+    ("json", {"header": {"command_id": OWN, "message_code": "i"}, "data": {"t": "a\n0 0 :"}}),
+    ("json", {"header": {"command_id": OWN, "message_code": "f"}, "data": {"error": "bad"}}),
+]
+
+
 def test_other_node_and_actor_unaffected(site: Site, client: LineClient):
-    """After all the fuzz: gfa1 answers plainly, gfa2 (real flicamera) reports its status."""
+    """After bad reply lines from gfa1: gfa1 answers plainly, gfa2 (real flicamera) reports
+    its status."""
 
     actor, peer, _ = site
+    peer.script = NASTY_SCRIPT
+    nasty = client.command("talk -n gfa1 -t 3 fuzz")
+    assert nasty[-1].code == "f", [line.raw for line in nasty]
+    assert ["gfa1: bad"] in [line.values("text") for line in nasty], [x.raw for x in nasty]
     peer.script = []
     lines = client.command("talk -n gfa1 ping")
     assert lines[-1].code == ":" and ["gfa1", "ping done"] in [x.values("text") for x in lines]
@@ -206,6 +268,7 @@ def test_other_node_and_actor_unaffected(site: Site, client: LineClient):
     assert lines[-1].code == ":"
     assert any(line.values("status")[:1] == ["gfa2"] for line in lines)
     assert device_state(actor, "gfa2")[0]
+    check_own_stream(client)
 
 
 def test_flood_and_huge_lines(site: Site, client: LineClient):
@@ -218,33 +281,31 @@ def test_flood_and_huge_lines(site: Site, client: LineClient):
     flood += [reply(50_000 + index, "i", {"text": "nobody's"}) for index in range(20_000)]
     flood += [b'{"header": {"command_id": null, "message_code": "i"}, "data": {"x": "'
               + b"y" * 3_000_000 + b'"}}\n'] * 2  # fmt: skip
+    flood += [reply(None, "i", {"text": "end of flood"})]  # Relayed once all the rest was read.
 
     async def push() -> None:
         for start in range(0, len(flood), 500):
             peer.fake.push(b"".join(flood[start : start + 500]))
             await asyncio.sleep(0)
 
-    t0 = time.monotonic()
+    start = len(client.lines)
     future = asyncio.run_coroutine_threadsafe(push(), peer_loop.loop)
-    worst = 0.0
-    while not future.done() or time.monotonic() - t0 < 1:
-        t1 = time.monotonic()
+    # The actor keeps answering while it relays the flood: pings until the last line of the
+    # flood is relayed, each within 10 s (a starved actor fails one; how fast it answers
+    # is not checked).
+    pings, deadline = 0, time.monotonic() + 120
+    while not any(x.values("text") == ["gfa1", "end of flood"] for x in client.lines[start:]):
+        assert time.monotonic() < deadline, "the end of the flood was not relayed in 120 s"
+        start = max(start, len(client.lines) - 1)
         assert client.command("ping", timeout=10)[-1].code == ":"
-        worst = max(worst, time.monotonic() - t1)
+        pings += 1
     future.result(10)
     lines = client.command("talk -n gfa2 status", timeout=20)
     assert lines[-1].code == ":"
     lines = client.command("talk -n gfa1 ping", timeout=20)
     assert lines[-1].code == ":"
-    print(f"flood of {len(flood)} lines: worst ping {worst * 1e3:.0f} ms")
-    assert worst < 5
+    print(f"flood of {len(flood)} lines: {pings} pings answered while it was relayed")
     connected, in_use, running = device_state(actor, "gfa1")
     assert connected and in_use == 0 and running == 0
     assert not any(len(line.raw) > 2_000_000 for line in client.lines)
-
-
-def test_no_traceback_logged(site: Site, client: LineClient):
-    actor, _, _ = site
-    assert client.command("ping")[-1].code == ":"
-    text = "".join(path.read_text(errors="replace") for path in Path(actor.log_dir).glob("*.log"))
-    assert "Traceback" not in text, text[text.find("Traceback") - 300 :][:3000]
+    check_own_stream(client)

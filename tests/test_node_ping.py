@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import pytest
 
@@ -24,17 +23,17 @@ async def test_iputils_ping_loopback():
     assert shutil.which("ping") is not None, "no ping program: run scripts/install-deps.sh"
     program = await ping_module.find_ping()
     assert program.flavour in ("iputils", "busybox")
-    t0 = time.monotonic()
+    # True: answered within the 0.5 s timeout (the program is killed at the timeout, which
+    # gives False). How fast is not checked here.
     assert await ping_module.ping("127.0.0.1", 0.5) is True
-    assert time.monotonic() - t0 < 0.5
 
 
 async def test_busybox_ping_loopback(tmp_path, monkeypatch):
     busybox = shutil.which("busybox")
     assert busybox is not None, "no busybox: run scripts/install-deps.sh"
-    link = tmp_path / "ping"
-    os.symlink(busybox, link)
-    monkeypatch.setenv("FLISWARM_PING", str(link))
+    os.symlink(busybox, tmp_path / "ping")  # BusyBox's ping, the only one on PATH.
+    monkeypatch.delenv("FLISWARM_PING", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
     program = await ping_module.find_ping()
     assert (program.flavour, program.fractional) == ("busybox", False)
     assert await ping_module.ping("127.0.0.1", 0.4) is True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -185,9 +186,13 @@ async def recover_all(swarm: Swarm, timeout: float = 60.0) -> None:
         assert await swarm.talk_ok(name), f"{name}: talk status failed"
 
 
-async def test_converges_to_the_configuration(swarm: Swarm) -> None:
+async def test_converges_to_the_configuration(swarm: Swarm, bed: Testbed) -> None:
     """From no containers at all, the supervisor creates and connects every camera."""
 
+    # No containers at all, whatever ran before: fliswarm stopped, the nodes cleaned.
+    await swarm.stop()
+    await asyncio.to_thread(bed._parallel, lambda node: cleanup_node(bed, node))
+    await swarm.start()
     await recover_all(swarm, timeout=90)
     assert swarm.actor is not None
     for name in swarm.names:
@@ -213,9 +218,8 @@ async def test_container_killed_while_idle(swarm: Swarm) -> None:
     await swarm.kill("gfa1")
     await swarm.wait_state("gfa1", {NodeState.ONLINE}, 30, since=index)
     assert await swarm.talk_ok("gfa1")
-    took = time.monotonic() - start
-    print(f"gfa1: killed -> relaying again in {took:.2f} s")
-    assert took < 15
+    # Bounded by the waits above; how fast it heals is benchmarks/recovery_bench.py's.
+    print(f"gfa1: killed -> relaying again in {time.monotonic() - start:.2f} s")
     after = await swarm.inspect("gfa1")
     assert after["Id"] == before["Id"]  # restarted, not recreated
     assert after["State"]["StartedAt"] != before["State"]["StartedAt"]
@@ -223,7 +227,7 @@ async def test_container_killed_while_idle(swarm: Swarm) -> None:
     assert ["gfa1", "die", before["Id"][:12], "137"] in events
     assert any(
         "gfa1: flicamera container" in t and "restarting it" in t for t in swarm.texts(index)
-    )
+    ), [line.raw for line in swarm.client.lines[index:]]
 
 
 async def test_container_killed_during_an_exposure(swarm: Swarm) -> None:
@@ -231,18 +235,18 @@ async def test_container_killed_during_an_exposure(swarm: Swarm) -> None:
     await recover_all(swarm)
     client = swarm.client
     index = len(client.lines)
-    mid = client.send("talk -n gfa2 expose 2")
+    # A long talk timeout (60 s): failing at once and failing at the timeout are far apart.
+    mid = client.send("talk -n gfa2 -t 60 expose 2")
     await client.wait_for(
         lambda line: line.command_id == mid and "exposure_state" in line.keywords, 15, index
     )
-    killed = time.monotonic()
     index = len(client.lines)
     await swarm.kill("gfa2")
+    # Fails at once (with the connection, below), not at the 60 s talk timeout.
     final = await client.wait_for(
-        lambda line: line.command_id == mid and line.code in ":f", 10, index
+        lambda line: line.command_id == mid and line.code in ":f", 20, index
     )
     assert final.code == "f"
-    assert time.monotonic() - killed < 5  # Fails at once, not at the talk timeout.
     texts = [t for t in swarm.texts(index)]
     assert any("gfa2" in t and "connection" in t for t in texts), texts
     await swarm.wait_state("gfa2", {NodeState.ONLINE}, 30, since=index)
@@ -273,18 +277,28 @@ async def test_node_powered_off_then_on(swarm: Swarm, bed: Testbed, restore: Non
     await asyncio.to_thread(bed.power_off, "gfa2")
     await swarm.wait_state("gfa2", {NodeState.OFFLINE}, 20)
     print(f"gfa2: powered off -> offline in {time.monotonic() - off:.2f} s")
-    # A node known offline is reported at once and fails talk quickly; others work.
-    started = time.monotonic()
+    # A node known offline is reported at once (from the supervisor, without a probe) and
+    # fails talk quickly; others work.
     reply = await swarm.command("status", 20)
-    assert reply.code == ":" and time.monotonic() - started < 3
+    assert reply.code == ":"
+    assert any(t.startswith("gfa2: offline (") for t in reply.texts()), reply.texts()
     node_lines = [line.values("node") for line in reply.with_keyword("node")]
     assert ["gfa2", bed.node("gfa2").addr, bed.node("gfa2").docker_url, "F", "F"] in node_lines
-    started = time.monotonic()
-    reply = await swarm.command("talk -n gfa2 status", 20)
+    # Only a short connection attempt towards a node known to be offline: not the full
+    # connect timeout, made long here (30 s) so that the two are far apart.
+    assert swarm.actor is not None
+    settings = swarm.actor.settings
+    long_connect = dataclasses.replace(settings.timeouts, device_connect=30.0)
+    swarm.actor.settings = dataclasses.replace(settings, timeouts=long_connect)
+    try:
+        started = time.monotonic()
+        reply = await swarm.command("talk -n gfa2 status", 40)
+        took = time.monotonic() - started
+    finally:
+        swarm.actor.settings = settings
     assert reply.code == "f"
-    # No connection attempt (and its timeout) towards a node known to be offline.
-    assert time.monotonic() - started < 1.5
     assert any("the node is offline" in line.raw for line in reply.lines)
+    assert took < 10, took
     assert await swarm.talk_ok("gfa1")
     await asyncio.sleep(max(0.0, 20 - (time.monotonic() - off)))  # The node stays off 20 s.
     await asyncio.to_thread(bed.power_on, "gfa2")
@@ -315,11 +329,17 @@ async def test_flapping_node_is_not_hammered(swarm: Swarm) -> None:
     steps, repairs = reconciler.steps, reconciler.repairs
     kills = 0
     end = time.monotonic() + 12
-    while time.monotonic() < end:  # The container dies every 1.5 s.
+    started = (await swarm.inspect("gfa1"))["State"]["StartedAt"]
+    while time.monotonic() < end:  # For 12 s, the container dies as soon as it runs again.
         with contextlib.suppress(aiodocker.DockerError):
             await swarm.kill("gfa1")
             kills += 1
-        await asyncio.sleep(1.5)
+        while time.monotonic() < end:
+            state = (await swarm.inspect("gfa1"))["State"]
+            if state["Running"] and state["StartedAt"] != started:
+                started = state["StartedAt"]
+                break
+            await asyncio.sleep(0.1)
     repairs, steps = reconciler.repairs - repairs, reconciler.steps - steps
     print(f"gfa1 flapping: {kills} kills, {repairs} repairs, {steps} reconcile steps")
     assert kills >= 3

@@ -40,21 +40,28 @@ def icmp_ping(bed: Testbed, addr: str) -> bool:
     return subprocess.run(cmd, capture_output=True, timeout=5).returncode == 0
 
 
-async def docker_call_time(bed: Testbed, url: str, timeout: float = 2.0) -> tuple[bool, float]:
-    """Calls ``GET /version`` with a timeout; whether it answered and how long it took."""
+async def docker_call(bed: Testbed, url: str, timeout: float = 2.0) -> str:
+    """Calls ``GET /version``: ``"ok"``, ``"timeout"`` (no answer within ``timeout``: the call
+    hangs, as towards a dead host), ``"refused"``, or ``"error: ..."``."""
 
     assert_routed_to_bed(bed, url.split("//")[1].split(":")[0])
-    start = time.monotonic()
     docker = aiodocker.Docker(url=url)
     try:
-        async with asyncio.timeout(timeout):
-            await docker.version()
-        ok = True
-    except (asyncio.TimeoutError, aiodocker.DockerError, OSError):
-        ok = False
+        await asyncio.wait_for(docker.version(), timeout)
+        return "ok"
+    except asyncio.TimeoutError:
+        return "timeout"
+    except (aiodocker.DockerError, OSError) as err:
+        cause: BaseException | None = err
+        while cause is not None:
+            if isinstance(cause, ConnectionRefusedError) or isinstance(
+                getattr(cause, "os_error", None), ConnectionRefusedError
+            ):
+                return "refused"
+            cause = cause.__cause__ or cause.__context__
+        return f"error: {err!r}"
     finally:
         await docker.close()
-    return ok, time.monotonic() - start
 
 
 def test_default_names() -> None:
@@ -166,15 +173,14 @@ async def test_power_off_and_on(
     await testbed_faults.power_off("gfa2")
     assert not netns_exists(node.netns)
     assert not await asyncio.to_thread(icmp_ping, testbed, node.addr)
-    ok, elapsed = await docker_call_time(testbed, node.docker_url, timeout=2.0)
-    assert not ok and 1.5 <= elapsed <= 4.0, elapsed
+    # The engine's API hangs (no answer, no refusal), as a real dead host's.
+    assert await docker_call(testbed, node.docker_url, timeout=2.0) == "timeout"
     status = await asyncio.to_thread(testbed.status)
     assert status["gfa2"]["powered"] is False and status["gfa1"]["answering"] is True
 
     await testbed_faults.power_on("gfa2")
     assert await asyncio.to_thread(icmp_ping, testbed, node.addr)
-    ok, _ = await docker_call_time(testbed, node.docker_url, timeout=5.0)
-    assert ok
+    assert await docker_call(testbed, node.docker_url, timeout=5.0) == "ok"
     docker = aiodocker.Docker(url=node.docker_url)
     try:
         names = [v["Name"] for v in (await docker.volumes.list())["Volumes"] or []]
@@ -193,14 +199,13 @@ async def test_unplug_and_plug(testbed: Testbed, testbed_faults: Faults) -> None
     node = testbed.node("fvc")
     await testbed_faults.unplug("fvc")
     assert not await asyncio.to_thread(icmp_ping, testbed, node.addr)
-    ok, elapsed = await docker_call_time(testbed, node.docker_url, timeout=2.0)
-    assert not ok and 1.5 <= elapsed <= 4.0, elapsed
+    assert await docker_call(testbed, node.docker_url, timeout=2.0) == "timeout"  # Hangs.
     status = await asyncio.to_thread(testbed.status)
     assert status["fvc"]["engine"] is True and status["fvc"]["plugged"] is False
 
     await testbed_faults.plug("fvc")
     assert await asyncio.to_thread(icmp_ping, testbed, node.addr)
-    assert (await docker_call_time(testbed, node.docker_url, timeout=5.0))[0]
+    assert await docker_call(testbed, node.docker_url, timeout=5.0) == "ok"
 
 
 @root
@@ -208,11 +213,11 @@ async def test_stop_and_start_engine(testbed: Testbed, testbed_faults: Faults) -
     node = testbed.node("gfa1")
     await testbed_faults.stop_engine("gfa1")
     assert await asyncio.to_thread(icmp_ping, testbed, node.addr)
-    ok, elapsed = await docker_call_time(testbed, node.docker_url, timeout=2.0)
-    assert not ok and elapsed < 1.0  # connection refused at once: the host is up
+    # Refused (the host is up), not a hang: even with a long timeout it is not waited for.
+    assert await docker_call(testbed, node.docker_url, timeout=30.0) == "refused"
 
     await testbed_faults.start_engine("gfa1")
-    assert (await docker_call_time(testbed, node.docker_url, timeout=5.0))[0]
+    assert await docker_call(testbed, node.docker_url, timeout=5.0) == "ok"
 
 
 @root
@@ -228,8 +233,17 @@ async def test_up_repairs_several_faults(testbed: Testbed, testbed_faults: Fault
 
 
 @root
-def test_fault_fixture_restores(testbed: Testbed) -> None:
-    status = testbed.status()
+async def test_fault_fixture_restores(testbed: Testbed, testbed_faults: Faults) -> None:
+    """What ``testbed_faults`` does after each test (``Testbed.restore``) repairs every kind
+    of fault (made here, not left over by an earlier test)."""
+
+    await testbed_faults.power_off("gfa1")
+    await testbed_faults.unplug("gfa2")
+    await testbed_faults.stop_engine("fvc")
+    status = await asyncio.to_thread(testbed.status)
+    assert not any(s["answering"] for s in status.values()), status
+    await asyncio.wait_for(asyncio.to_thread(testbed.restore), 90)
+    status = await asyncio.to_thread(testbed.status)
     assert all(s["powered"] and s["plugged"] and s["answering"] for s in status.values())
 
 
@@ -275,18 +289,14 @@ def test_up_down_idempotent(testbed: Testbed, testbed_busybox: str) -> None:
     try:
         bed.up()
         pids = dict(bed._state()["nodes"])
-        start = time.monotonic()
         bed.up()
-        assert time.monotonic() - start < 1.0
-        assert bed._state()["nodes"] == pids
+        assert bed._state()["nodes"] == pids  # Nothing restarted.
         assert all(s["answering"] for s in bed.status().values())
         # The registry storage is shared: the session bed's image is already there.
         ref = testbed_busybox.replace(testbed.registry, bed.registry)
         asyncio.run(run_container(bed.nodes[0].docker_url, ref, "at-down", {"Name": "always"}))
     finally:
-        start = time.monotonic()
         bed.down()
-        assert time.monotonic() - start < 5.0
     bed.down()
     assert _bed_leftovers(bed) == []
     assert os.path.isdir(RUN_ROOT)
