@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: Where each demo instance keeps its configuration, pid files and logs.
-STATE_ROOT = Path(os.environ.get("FLISWARM_DEMO_DIR", "/var/lib/fliswarm-demo"))
+STATE_ROOT = Path("/var/lib/fliswarm-demo")
 
 
 class DemoError(Exception):

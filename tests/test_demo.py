@@ -18,6 +18,8 @@ import pytest
 import yaml
 from helpers_net import port_open
 
+from fliswarm.demo_procs import STATE_ROOT
+
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.tron, pytest.mark.timeout(600)]
 
@@ -86,9 +88,9 @@ def check_output(out: str, bed_data: str) -> float:
     return float(heal.group(1))
 
 
-def test_demo_up_talk_again_and_down(tmp_path: Path) -> None:
-    state_dir = tmp_path / "demo"
-    env = dict(os.environ, FLISWARM_DEMO_DIR=str(state_dir))
+def test_demo_up_talk_again_and_down() -> None:
+    state_dir = STATE_ROOT / str(INSTANCE)  # The demo's own folder for this instance.
+    env = dict(os.environ)
     env.pop("FLISWARM_PID_FILE", None)
     bed_data = f"/var/lib/fliswarm-testbed/{INSTANCE}/data"
     demo = ["demo", "--instance", str(INSTANCE)]
@@ -113,10 +115,10 @@ def test_demo_up_talk_again_and_down(tmp_path: Path) -> None:
             ["bash", "-c", one_liner], capture_output=True, text=True, timeout=30
         ).stdout
         assert "me.me 1 fliswarm i nodeState=gfa1,online" in printed, printed
-        pid_file = state_dir / str(INSTANCE) / "fliswarm.pid"
+        pid_file = state_dir / "fliswarm.pid"
         status = fliswarm("--pid-file", str(pid_file), "status", env=env, timeout=30)
         assert status.returncode == 0 and "fliswarm is running" in status.stdout
-        config = yaml.safe_load((state_dir / str(INSTANCE) / "fliswarm.yaml").read_text())
+        config = yaml.safe_load((state_dir / "fliswarm.yaml").read_text())
         actor_port = config["actor"]["port"]
         assert ask(actor_port, "1 ping", r"\d+ 1 : text=Pong")  # the actor, without tron
 
@@ -139,5 +141,5 @@ def test_demo_up_talk_again_and_down(tmp_path: Path) -> None:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
     assert f"fsw{INSTANCE}-" not in netns.stdout
     assert actor_port and not port_open(actor_port)
-    assert not (state_dir / str(INSTANCE)).exists()
+    assert not state_dir.exists()
     assert not Path(f"/run/fliswarm-testbed/{INSTANCE}").exists()
