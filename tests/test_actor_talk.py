@@ -159,6 +159,28 @@ async def test_talk_timeout_then_camera_still_usable(actor: FLISwarmActor, clien
     assert after.code == ":" and len(after.with_keyword("status")) == 1
 
 
+async def test_talk_that_connects_the_camera_gets_the_talk_time_limit(
+    flicameras: FlicameraProcesses, tmp_path: Path
+):
+    """A talk that first connects the camera runs with the talk's own time limit, not with the
+    connect time limit (here 1 s, shorter than the 2 s exposure)."""
+
+    actor = await make_actor(
+        tmp_path, dict(flicameras.ports), ["gfa1"], timeouts={"device_connect": 1}
+    )
+    try:
+        await actor.flicameras["gfa1"].stop()  # Not connected when the talk comes.
+        client = await ActorClient.connect("127.0.0.1", actor.port)
+        try:
+            reply = await client.command("talk -n gfa1 expose 2", 60)
+        finally:
+            await client.close()
+        assert reply.code == ":", str(reply)
+        assert reply.with_keyword("filename_bundle")
+    finally:
+        await actor.stop()
+
+
 async def test_flicamera_killed_mid_expose(actor: FLISwarmActor, client: ActorClient, tmp_path):
     procs = FlicameraProcesses(tmp_path / "gfa3").start(["gfa3"])
     try:

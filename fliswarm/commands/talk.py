@@ -80,11 +80,11 @@ async def _run_on_node(
     # still run; one short attempt tells, without waiting out the full connect timeout.
     offline = actor.supervisor.is_offline(name)
     if not device.is_connected() and device.auto_connect:
-        timeout = actor.settings.timeouts.device_connect
+        connect_timeout = actor.settings.timeouts.device_connect
         if offline:
-            timeout = min(timeout, OFFLINE_CONNECT_TIMEOUT)
+            connect_timeout = min(connect_timeout, OFFLINE_CONNECT_TIMEOUT)
         try:
-            await device.start(timeout)
+            await device.start(connect_timeout)
         except ConnectionError:
             pass
     if not device.is_connected():
