@@ -9,6 +9,7 @@ The same commands against real Docker nodes and flicamera containers are in
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections import Counter
 from pathlib import Path
 
@@ -256,6 +257,8 @@ async def test_start_and_status_wait_for_hung_engines_in_parallel(tmp_path: Path
         await actor.supervisor.stop()
         for engine in engines:
             engine.requests.clear()
+        errors: list[dict] = []  # What the loop would log as a traceback.
+        loop.set_exception_handler(lambda _, context: errors.append(context))
         client = await ActorClient.connect("127.0.0.1", actor.port)
         try:
             started = loop.time()
@@ -263,6 +266,9 @@ async def test_start_and_status_wait_for_hung_engines_in_parallel(tmp_path: Path
             took = loop.time() - started
         finally:
             await client.close()
+            gc.collect()  # An unretrieved task exception is reported when the task goes.
+            loop.set_exception_handler(None)
+        assert not errors, errors
         assert reply.code == ":", str(reply)
         nodes = [line.values("node") for line in reply.with_keyword("node")]
         assert {values[0]: values[4] for values in nodes} == dict.fromkeys(names, "F"), nodes
