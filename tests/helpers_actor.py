@@ -189,6 +189,15 @@ class FlicameraProcesses:
         self.ports: dict[str, int] = {}
 
     def start(self, names: Sequence[str], timeout: float = 60.0) -> FlicameraProcesses:
+        """Starts the actors; if one does not listen, stops them all and raises."""
+
+        try:
+            return self._start(names, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, names: Sequence[str], timeout: float) -> FlicameraProcesses:
         from fliswarm.testbed.image import LAUNCHER
 
         for name in names:

@@ -88,7 +88,11 @@ class ActorThread(LoopThread):
     def __init__(self, config: dict[str, Any], log_dir: str, supervise: bool = True) -> None:
         super().__init__()
         self.log_dir = log_dir
-        self.actor: FLISwarmActor = self.call(self._start(config, log_dir, supervise), 60)
+        try:
+            self.actor: FLISwarmActor = self.call(self._start(config, log_dir, supervise), 60)
+        except BaseException:
+            self.close()
+            raise
 
     async def _start(self, config: dict[str, Any], log_dir: str, supervise: bool) -> FLISwarmActor:
         actor = FLISwarmActor.from_config(config, log_dir=log_dir)

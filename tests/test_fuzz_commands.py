@@ -62,24 +62,26 @@ CAMERA_WORDS = ["status", "ping", "version", "list", "nosuch", "help", "--foo", 
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ActorThread]:
     tmp = tmp_path_factory.mktemp("fuzz-commands")
     cameras = FlicameraProcesses(tmp).start(["gfa1"])
-    known_hosts = tmp / "known_hosts"
-    known_hosts.write_text("")
-    path = write_config(
-        tmp / "fliswarm.yaml",
-        free_port(),
-        {"gfa1": cameras.ports["gfa1"], "gfa2": free_port()},
-        ["gfa1", "gfa2"],
-        status_interval=3600,
-        timeouts={"talk": 5, "docker_connect": 0.5, "docker_request": 1, "ssh": 2},
-        reboot_command="true",
-        ssh={"known_hosts": str(known_hosts)},
-    )
-    # No Docker engine here: without supervision, talk still reaches the host flicamera.
-    thread = ActorThread(load_config(path), str(tmp / "logs"), supervise=False)
     try:
-        yield thread
+        known_hosts = tmp / "known_hosts"
+        known_hosts.write_text("")
+        path = write_config(
+            tmp / "fliswarm.yaml",
+            free_port(),
+            {"gfa1": cameras.ports["gfa1"], "gfa2": free_port()},
+            ["gfa1", "gfa2"],
+            status_interval=3600,
+            timeouts={"talk": 5, "docker_connect": 0.5, "docker_request": 1, "ssh": 2},
+            reboot_command="true",
+            ssh={"known_hosts": str(known_hosts)},
+        )
+        # No Docker engine here: without supervision, talk still reaches the host flicamera.
+        thread = ActorThread(load_config(path), str(tmp / "logs"), supervise=False)
+        try:
+            yield thread
+        finally:
+            thread.stop()
     finally:
-        thread.stop()
         cameras.stop()
 
 

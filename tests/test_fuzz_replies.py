@@ -19,6 +19,7 @@ floods and huge lines; node gfa2 is a real flicamera. Whatever gfa1 sends:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -138,26 +139,25 @@ def site(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("fuzz-replies")
-    cameras = FlicameraProcesses(tmp).start(["gfa2"])
-    peer_loop = LoopThread()
-    peer = Peer()
-    peer_loop.call(peer.fake.__aenter__())
-    path = write_config(
-        tmp / "fliswarm.yaml",
-        free_port(),
-        {"gfa1": peer.fake.port, "gfa2": cameras.ports["gfa2"]},
-        ["gfa1", "gfa2"],
-        status_interval=3600,
-        timeouts={"talk": 5, "docker_connect": 0.5, "docker_request": 1},
-    )
-    actor = ActorThread(load_config(path), str(tmp / "logs"), supervise=False)
-    try:
+    with contextlib.ExitStack() as stack:  # Whatever fails, what was started is stopped.
+        cameras = FlicameraProcesses(tmp).start(["gfa2"])
+        stack.callback(cameras.stop)
+        peer_loop = LoopThread()
+        stack.callback(peer_loop.close)
+        peer = Peer()
+        peer_loop.call(peer.fake.__aenter__())
+        stack.callback(lambda: peer_loop.call(peer.fake.__aexit__(None, None, None)))
+        path = write_config(
+            tmp / "fliswarm.yaml",
+            free_port(),
+            {"gfa1": peer.fake.port, "gfa2": cameras.ports["gfa2"]},
+            ["gfa1", "gfa2"],
+            status_interval=3600,
+            timeouts={"talk": 5, "docker_connect": 0.5, "docker_request": 1},
+        )
+        actor = ActorThread(load_config(path), str(tmp / "logs"), supervise=False)
+        stack.callback(actor.stop)
         yield actor, peer, peer_loop
-    finally:
-        actor.stop()
-        peer_loop.call(peer.fake.__aexit__(None, None, None))
-        peer_loop.close()
-        cameras.stop()
 
 
 @pytest.fixture(scope="module")
