@@ -20,8 +20,8 @@ from pathlib import Path
 import harness
 from scenarios import Bench
 
-from fliswarm.testbed.image import start_flicamera_on_host
-from fliswarm.testbed.procs import stop_subprocesses
+from fliswarm_testbed.image import start_flicamera_on_host
+from fliswarm_testbed.procs import stop_subprocesses
 
 
 __all__ = ["session_floor", "floor_note"]

@@ -35,9 +35,9 @@ from typing import Any
 
 import yaml
 
-from fliswarm.testbed import engine
-from fliswarm.testbed.bed import Testbed
-from fliswarm.testbed.tron_client import parse_keywords
+from fliswarm_testbed import engine
+from fliswarm_testbed.bed import Testbed
+from fliswarm_testbed.tron_client import parse_keywords
 
 
 __all__ = [

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from fliswarm.testbed.image import build_flicamera_image
+from fliswarm_testbed.image import build_flicamera_image
 
 
 def free_port() -> int:

@@ -43,8 +43,8 @@ from clu.command import Command
 
 from fliswarm.actor import FLISwarmActor
 from fliswarm.config import load_config
-from fliswarm.testbed.image import start_flicamera_on_host, wait_flicamera_ready
-from fliswarm.testbed.procs import stop_subprocesses
+from fliswarm_testbed.image import start_flicamera_on_host, wait_flicamera_ready
+from fliswarm_testbed.procs import stop_subprocesses
 
 
 __all__ = ["run_load", "LoadResult", "Round", "check_claims", "CLAIMS", "render_section"]

@@ -30,9 +30,9 @@ import yaml
 from fliswarm.actor import FLISwarmActor
 from fliswarm.config import load_config
 from fliswarm.supervision import NodeState
-from fliswarm.testbed.bed import Testbed
-from fliswarm.testbed.fixtures import cleanup_node
-from fliswarm.testbed.image import ensure_flicamera_image
+from fliswarm_testbed.bed import Testbed
+from fliswarm_testbed.fixtures import cleanup_node
+from fliswarm_testbed.image import ensure_flicamera_image
 
 
 class Client:

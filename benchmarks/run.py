@@ -38,8 +38,8 @@ import scenarios  # noqa: E402
 from provenance import source_revision  # noqa: E402
 from scenarios import Bench, Results  # noqa: E402
 
-from fliswarm.testbed.bed import Testbed, default_names  # noqa: E402
-from fliswarm.testbed.image import ensure_flicamera_image  # noqa: E402
+from fliswarm_testbed.bed import Testbed, default_names  # noqa: E402
+from fliswarm_testbed.image import ensure_flicamera_image  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -38,7 +38,7 @@ from typing import Any
 import harness
 from harness import ActorProcess, Client
 
-from fliswarm.testbed.bed import Testbed
+from fliswarm_testbed.bed import Testbed
 
 
 __all__ = [

@@ -13,7 +13,7 @@ import statistics
 import sys
 import time
 
-from fliswarm.testbed import Testbed
+from fliswarm_testbed import Testbed
 
 
 TARGETS = {("up", 3): 5.0, ("down", 3): 5.0, ("up", 7): 10.0, ("down", 7): 10.0}

@@ -1,7 +1,12 @@
-"""The ``fliswarm`` command line: run the actor as a daemon, check configurations."""
+"""The ``fliswarm`` command line: run the actor as a daemon, check configurations.
+
+Other packages may add sub-commands through the ``fliswarm.cli`` entry points (the test bed
+package, ``fliswarm-testbed``, adds ``testbed`` and ``demo``).
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import warnings
 from pathlib import Path
@@ -185,24 +190,24 @@ def check(ctx: click.Context, config_path: Path | None):
     click.echo(yaml.safe_dump(resolved, sort_keys=False), nl=False)
 
 
-def _add_testbed() -> None:
-    try:
-        from fliswarm.testbed.cli import testbed
-    except ImportError:  # the test bed is optional at run time
-        return
-    fliswarm.add_command(testbed)
+#: Entry-point group of the sub-commands other packages add to ``fliswarm`` (the test bed
+#: package adds ``testbed`` and ``demo``).
+PLUGINS = "fliswarm.cli"
 
 
-_add_testbed()
+def _add_plugins() -> None:
+    """Adds the sub-commands that installed packages declare under `PLUGINS`."""
+
+    for entry in importlib.metadata.entry_points(group=PLUGINS):
+        try:
+            command = entry.load()
+        except Exception as err:  # A broken plug-in must not break the actor's own CLI.
+            click.echo(f"WARNING: cannot load 'fliswarm {entry.name}': {err}", err=True)
+            continue
+        fliswarm.add_command(command, entry.name)
 
 
-def _add_demo() -> None:
-    from fliswarm.demo import demo
-
-    fliswarm.add_command(demo)
-
-
-_add_demo()
+_add_plugins()
 
 
 def main() -> None:

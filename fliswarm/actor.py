@@ -11,17 +11,17 @@ import pathlib
 from typing import TYPE_CHECKING, Any
 
 from fliswarm import __version__
+from fliswarm.camera.device import FlicameraDevice
 from fliswarm.commands import parser
 from fliswarm.compat import HardenedLegacyActor
-from fliswarm.device import FlicameraDevice
+from fliswarm.config.settings import Settings
 from fliswarm.provision import Provisioner
 from fliswarm.provision.desired import desired_node
-from fliswarm.settings import Settings
 from fliswarm.supervision import Supervisor
 
 
 if TYPE_CHECKING:
-    from fliswarm.node import Node
+    from fliswarm.docker.node import Node
 
 
 __all__ = ["FLISwarmActor", "KEYWORDS_SCHEMA"]
@@ -37,7 +37,7 @@ class FLISwarmActor(HardenedLegacyActor):
     ``self.nodes``; the actor keeps:
 
     - ``config``: the resolved configuration (`fliswarm.config.load_config`), and
-      ``settings``, the same typed (`fliswarm.settings.Settings`);
+      ``settings``, the same typed (`fliswarm.config.settings.Settings`);
     - ``nodes``: a `.Node` per configured node, by name (``enabled`` as configured);
     - ``flicameras``: a `.FlicameraDevice` per configured node, by name.
     """
@@ -55,7 +55,7 @@ class FLISwarmActor(HardenedLegacyActor):
         super().__init__(*args, **kwargs)
         if kwargs.get("additional_properties") and self.model is not None:
             self.model.schema["additionalProperties"] = True  # Old configurations.
-        #: The configuration, typed (`fliswarm.settings.Settings`).
+        #: The configuration, typed (`fliswarm.config.settings.Settings`).
         self.settings = Settings.from_config(self.config)
         self.observatory = self.settings.observatory
         #: Nodes by name. Mutate in place: it is the first of the commands' parser_args.
@@ -119,7 +119,7 @@ class FLISwarmActor(HardenedLegacyActor):
         A node added to ``config`` since the actor was made is read from there.
         """
 
-        from fliswarm.node import Node
+        from fliswarm.docker.node import Node
 
         if name not in self.settings.nodes:
             self.settings = Settings.from_config(self.config)

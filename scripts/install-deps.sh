@@ -16,7 +16,9 @@ if [ -n "$missing" ]; then
     apt-get install -y -q --no-install-recommends $missing
 fi
 
-echo "== pip install -e .[dev,docs]"
-python3 -m pip install -q -e '.[dev,docs]'
+echo "== pip install -e ./testbed -e .[dev,docs]"
+# The test bed (testbed/, package fliswarm_testbed) is its own distribution, which the dev
+# extra asks for: both are installed from this tree in one resolution.
+python3 -m pip install -q -e ./testbed -e '.[dev,docs]'
 # With pyenv, make the new console scripts (fliswarm) visible on PATH.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi

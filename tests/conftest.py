@@ -8,7 +8,7 @@ import pytest
 
 
 # Fixtures of the real test bed (Docker nodes, registry, images) and of the tron hub.
-pytest_plugins = ["fliswarm.testbed.fixtures", "fliswarm.testbed.tron_fixtures"]
+pytest_plugins = ["fliswarm_testbed.fixtures", "fliswarm_testbed.tron_fixtures"]
 
 IS_ROOT = os.geteuid() == 0
 # Set by .ci/run: tests that need root must run there, never skip.

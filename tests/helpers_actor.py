@@ -19,7 +19,7 @@ from pathlib import Path
 
 from helpers_net import free_port
 
-from fliswarm.testbed.tron_client import TronClient, TronTimeoutError, parse_keywords
+from fliswarm_testbed.tron_client import TronClient, TronTimeoutError, parse_keywords
 
 
 __all__ = [
@@ -198,7 +198,7 @@ class FlicameraProcesses:
             raise
 
     def _start(self, names: Sequence[str], timeout: float) -> FlicameraProcesses:
-        from fliswarm.testbed.image import LAUNCHER
+        from fliswarm_testbed.image import LAUNCHER
 
         for name in names:
             port = free_port()

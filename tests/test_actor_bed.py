@@ -1,6 +1,6 @@
 """The actor commands against real Docker nodes running real flicamera containers.
 
-The test bed (`fliswarm.testbed.Testbed`, instance ``$FLISWARM_TESTBED_ID``) provides the
+The test bed (`fliswarm_testbed.Testbed`, instance ``$FLISWARM_TESTBED_ID``) provides the
 nodes and the registry with the simulated flicamera image. fliswarm runs on a loopback port
 and is talked to with a raw LegacyActor client, or through a real tron hub. Self-healing is
 off here so that every container change is the command's doing.
@@ -24,9 +24,9 @@ from clu.parsers.click import CluGroup, ping
 from helpers_actor import ActorClient, ActorReply, free_port, tron_ready
 
 from fliswarm.actor import FLISwarmActor
-from fliswarm.containers import short_id
-from fliswarm.testbed import Testbed
-from fliswarm.testbed.image import ensure_flicamera_image
+from fliswarm.docker.containers import short_id
+from fliswarm_testbed import Testbed
+from fliswarm_testbed.image import ensure_flicamera_image
 
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed]
@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.root, pytest.mark.testbed]
 
 @pytest.fixture(scope="module")
 def bed(testbed: Testbed) -> Testbed:
-    """The session's test bed (``fliswarm.testbed.fixtures``), brought up if needed."""
+    """The session's test bed (``fliswarm_testbed.fixtures``), brought up if needed."""
 
     return testbed
 

@@ -21,8 +21,8 @@ from fliswarm.actor import FLISwarmActor
 from fliswarm.commands.reboot import ssh_argv, ssh_outcome
 from fliswarm.commands.simulate import find_files, image_cycle
 from fliswarm.config import load_config
+from fliswarm.config.settings import NodeSettings
 from fliswarm.provision.desired import container_spec, container_user
-from fliswarm.settings import NodeSettings
 
 
 # Unit tests

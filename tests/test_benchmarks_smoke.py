@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from fliswarm.testbed.bed import Testbed
+from fliswarm_testbed.bed import Testbed
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -164,9 +164,8 @@ def test_context_leak_each_command_leaves_its_click_context():
     class Parser(LegacyActor):
         parser = group
 
-    actor = Parser("plain", "127.0.0.1", 0)
-
     async def run() -> click.Context | None:
+        actor = Parser("plain", "127.0.0.1", 0)  # In the loop: it takes the running one.
         before = click.get_current_context(silent=True)
         command = _command(actor, "hello")
         actor.parse_command(command)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fliswarm.config import ConfigError, ConfigWarning, default_config_path, load_config
-from fliswarm.config_errors import get_schema, get_validator, schema_path
+from fliswarm.config.schema import get_schema, get_validator, schema_path
 
 
 CONFIGS = pathlib.Path(__file__).parent / "configs"

@@ -7,8 +7,8 @@ import pathlib
 import pytest
 
 from fliswarm.config import ConfigError, load_config
+from fliswarm.config.settings import Settings
 from fliswarm.provision.desired import container_spec
-from fliswarm.settings import Settings
 
 
 CONFIG = """

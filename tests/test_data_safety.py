@@ -38,8 +38,8 @@ import yaml
 from helpers_actor import FINISH_CODES, ActorClient, ActorLine, ActorReply
 
 from fliswarm.actor import FLISwarmActor
-from fliswarm.testbed import Testbed
-from fliswarm.testbed.image import LAUNCHER, ensure_flicamera_image
+from fliswarm_testbed import Testbed
+from fliswarm_testbed.image import LAUNCHER, ensure_flicamera_image
 
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.timeout(420)]

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from helpers_net import port_open
 
-from fliswarm.demo_procs import STATE_ROOT
+from fliswarm_testbed.demo_procs import STATE_ROOT
 
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.tron, pytest.mark.timeout(600)]

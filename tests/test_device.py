@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from helpers_actor import ActorClient, FlicameraProcesses, free_port, running_flicameras
 
-from fliswarm.device import FlicameraDevice
+from fliswarm.camera.device import FlicameraDevice
 
 
 class Recorder:

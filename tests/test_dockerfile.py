@@ -1,7 +1,7 @@
 """The Dockerfile, built and run for real on a test-bed node's engine.
 
 No base image can be pulled here: ``python:3.11-slim`` is made locally from the host Python
-(`fliswarm.testbed.image.build_python_base`) and imported into the node's engine. The node has
+(`fliswarm_testbed.image.build_python_base`) and imported into the node's engine. The node has
 no network, so the Dockerfile's offline mode is used: fliswarm's wheel and its dependencies'
 (built on the host with ``pip wheel``, cached) go in the build context as ``wheelhouse/``.
 """
@@ -25,9 +25,9 @@ from typing import Any
 import aiodocker
 import pytest
 
-from fliswarm.testbed import engine
-from fliswarm.testbed.bed import Testbed
-from fliswarm.testbed.image import DEFAULT_CACHE_DIR, build_python_base
+from fliswarm_testbed import engine
+from fliswarm_testbed.bed import Testbed
+from fliswarm_testbed.image import DEFAULT_CACHE_DIR, build_python_base
 
 
 try:

@@ -34,7 +34,7 @@ from fliswarm.__main__ import fliswarm as cli
 from fliswarm.actor import KEYWORDS_SCHEMA
 from fliswarm.commands import parser
 from fliswarm.config import ConfigWarning, load_config
-from fliswarm.config_errors import get_schema
+from fliswarm.config.schema import get_schema
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -314,7 +314,7 @@ def test_example_configurations_load(name: str, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_testbed_example_matches_the_testbed():
-    from fliswarm.testbed.bed import Testbed
+    from fliswarm_testbed.bed import Testbed
 
     bed = Testbed(instance=0, names=["gfa1", "gfa2", "fvc"])
     expected = load_config_dict(bed.fliswarm_config("sdss/flicamera:sim", port=19996))

@@ -18,9 +18,9 @@ import pytest
 from astropy.io import fits
 from helpers_net import free_port
 
-from fliswarm.testbed import image as image_module
-from fliswarm.testbed.bed import Testbed
-from fliswarm.testbed.image import (
+from fliswarm_testbed import image as image_module
+from fliswarm_testbed.bed import Testbed
+from fliswarm_testbed.image import (
     DEFAULT_CACHE_DIR,
     FLICAMERA_VERSION,
     IMAGE_INPUTS_HASH,

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fliswarm.commands.reboot import ssh_argv
 from fliswarm.config import ConfigError, ConfigWarning, load_config
-from fliswarm.ping import PingProgram, ping_argv
+from fliswarm.docker.ping import PingProgram, ping_argv
 
 
 FUZZ = settings(

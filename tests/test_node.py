@@ -1,4 +1,4 @@
-"""`fliswarm.node.Node` against the real test bed (real dockerds in network namespaces).
+"""`fliswarm.docker.node.Node` against the real test bed (real dockerds in network namespaces).
 
 Verification goes through aiodocker directly (not through fliswarm's engine layer), so
 what is asserted is what the engines really hold.
@@ -18,7 +18,7 @@ import aiodocker
 import aiohttp
 import pytest
 
-from fliswarm.containers import (
+from fliswarm.docker.containers import (
     LABEL_CONFIG_HASH,
     LABEL_IMAGE,
     LABEL_MANAGED,
@@ -27,6 +27,7 @@ from fliswarm.containers import (
     config_hash,
     normalize_ports,
 )
+from fliswarm.docker.node import Node
 from fliswarm.exceptions import (
     ContainerConflictError,
     ImagePullError,
@@ -36,9 +37,8 @@ from fliswarm.exceptions import (
     VolumeDriverError,
     VolumeInUseError,
 )
-from fliswarm.node import Node
-from fliswarm.testbed import Testbed as _Bed
-from fliswarm.testbed.registry import busybox_tar
+from fliswarm_testbed import Testbed as _Bed
+from fliswarm_testbed.registry import busybox_tar
 
 
 PREFIX = "fswtest"

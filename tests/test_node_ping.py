@@ -1,4 +1,4 @@
-"""`fliswarm.ping` with the real iputils and BusyBox programs, on loopback only."""
+"""`fliswarm.docker.ping` with the real iputils and BusyBox programs, on loopback only."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fliswarm.containers import (
+from fliswarm.docker.containers import (
     LABEL_CONFIG_HASH,
     LABEL_IMAGE,
     LABEL_MANAGED,
@@ -18,6 +18,10 @@ from fliswarm.containers import (
     port_bindings,
     short_id,
 )
+from fliswarm.docker.images import PullProgress
+from fliswarm.docker.launch import _repository
+from fliswarm.docker.node import Node
+from fliswarm.docker.ping import PingProgram, format_wait, parse_iputils_version, ping_argv
 from fliswarm.exceptions import (
     DockerAPIError,
     FliswarmError,
@@ -25,9 +29,6 @@ from fliswarm.exceptions import (
     NodeTimeoutError,
     NodeUnreachableError,
 )
-from fliswarm.node import Node, _repository
-from fliswarm.ping import PingProgram, format_wait, parse_iputils_version, ping_argv
-from fliswarm.pull import PullProgress
 
 
 def _config(**kw):
@@ -283,7 +284,7 @@ def test_node_defaults():
 async def test_tls_engine_uses_https_and_closes():
     import ssl
 
-    from fliswarm.engine import Engine
+    from fliswarm.docker.engine import Engine
 
     engine = Engine("gfa1", "tcp://127.0.0.1:2376", ssl_context=ssl.create_default_context())
     assert str(engine._client().docker_host).startswith("https://127.0.0.1:2376")

@@ -21,8 +21,8 @@ from helpers_actor import ActorClient
 
 from fliswarm.actor import FLISwarmActor
 from fliswarm.provision import Request
-from fliswarm.testbed.bed import Testbed
-from fliswarm.testbed.image import ensure_flicamera_image_async
+from fliswarm_testbed.bed import Testbed
+from fliswarm_testbed.image import ensure_flicamera_image_async
 
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed, pytest.mark.timeout(300)]

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from fliswarm.device import FlicameraDevice
+from fliswarm.camera.device import FlicameraDevice
+from fliswarm.docker.launch import UsbMemo, create_and_start
+from fliswarm.docker.node import Node
+from fliswarm.docker.volumes import create_volume, same_definition
 from fliswarm.exceptions import NodeUnreachableError
-from fliswarm.launch import UsbMemo, create_and_start
-from fliswarm.node import Node
 from fliswarm.provision import ready as rc
-from fliswarm.testbed.fixtures import TEST_PREFIX
 from fliswarm.tools import FakeCommand
-from fliswarm.volumes import create_volume, same_definition
+from fliswarm_testbed.fixtures import TEST_PREFIX
 
 
 def _free_port() -> int:

@@ -1,4 +1,4 @@
-"""`fliswarm.status`: the nodes of one engine reported together (the ``status`` command and
+"""`fliswarm.docker.report`: the nodes of one engine reported together (the ``status`` command and
 `.Node.report_status`).
 
 Unit tests of the grouping and call-sharing logic with counting stand-in engines (no network);
@@ -11,10 +11,10 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from fliswarm.containers import LABEL_MANAGED, LABEL_NODE
+from fliswarm.docker.containers import LABEL_MANAGED, LABEL_NODE
+from fliswarm.docker.node import Node
+from fliswarm.docker.report import by_engine, report_engine
 from fliswarm.exceptions import NodeUnreachableError
-from fliswarm.node import Node
-from fliswarm.status import by_engine, report_engine
 
 
 class CountingEngine:

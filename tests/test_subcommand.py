@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from fliswarm.subcommand import SubCommand, wait_all
+from fliswarm.camera.subcommand import SubCommand, wait_all
 
 
 def subs(n: int) -> list[SubCommand]:

@@ -24,11 +24,12 @@ from helpers_actor import ActorClient, ActorLine
 
 from fliswarm.actor import FLISwarmActor
 from fliswarm.config import load_config
-from fliswarm.containers import LABEL_CONFIG_HASH
-from fliswarm.supervision import NodeState, desired_node
-from fliswarm.testbed.bed import Testbed
-from fliswarm.testbed.fixtures import cleanup_node
-from fliswarm.testbed.image import ensure_flicamera_image
+from fliswarm.docker.containers import LABEL_CONFIG_HASH
+from fliswarm.provision.desired import desired_node
+from fliswarm.supervision import NodeState
+from fliswarm_testbed.bed import Testbed
+from fliswarm_testbed.fixtures import cleanup_node
+from fliswarm_testbed.image import ensure_flicamera_image
 
 
 pytestmark = [

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fliswarm.containers import (
+from fliswarm.config.settings import Settings
+from fliswarm.docker.containers import (
     LABEL_CONFIG_HASH,
     LABEL_MANAGED,
     canonical_config,
@@ -26,16 +27,15 @@ from fliswarm.provision.desired import (
     desired_node,
     engine_restart_policy,
 )
-from fliswarm.settings import Settings
 from fliswarm.supervision import Supervisor
 from fliswarm.supervision.reconciler import NodeReconciler, Outcome
 from fliswarm.supervision.state import (
-    Backoff,
     NodeState,
     NodeStatus,
     iso_time,
     should_restart,
 )
+from fliswarm.tools import Backoff
 
 
 def make_actor(**overrides: Any) -> SimpleNamespace:

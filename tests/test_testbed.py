@@ -13,13 +13,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from fliswarm.testbed import Testbed, cli, default_names, ensure_packages
-from fliswarm.testbed.bed import RUN_ROOT
-from fliswarm.testbed.network import list_netns, netns_exists
+from fliswarm_testbed import Testbed, cli, default_names, ensure_packages
+from fliswarm_testbed.bed import RUN_ROOT
+from fliswarm_testbed.network import list_netns, netns_exists
 
 
 if TYPE_CHECKING:
-    from fliswarm.testbed.fixtures import Faults
+    from fliswarm_testbed.fixtures import Faults
 
 
 root = pytest.mark.root

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from fliswarm.config import load_config
+from fliswarm.docker.node import Node
 from fliswarm.exceptions import DockerAPIError, NodeTLSError, NodeUnreachableError
-from fliswarm.node import Node
-from fliswarm.testbed import tls as certs
-from fliswarm.testbed.bed import Testbed
-from fliswarm.testbed.engine import http_request
+from fliswarm_testbed import tls as certs
+from fliswarm_testbed.bed import Testbed
+from fliswarm_testbed.engine import http_request
 
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]

@@ -14,7 +14,7 @@ import pytest
 from clu import LegacyActor
 from clu.parsers.click import CluGroup, ping, version
 
-from fliswarm.testbed.tron import (
+from fliswarm_testbed.tron import (
     TronError,
     TronHub,
     TronTimeoutError,
@@ -24,7 +24,7 @@ from fliswarm.testbed.tron import (
 
 
 if TYPE_CHECKING:
-    from fliswarm.testbed.tron_fixtures import ClientFactory, HubFactory
+    from fliswarm_testbed.tron_fixtures import ClientFactory, HubFactory
 
 pytestmark = [pytest.mark.tron, pytest.mark.timeout(60)]
 

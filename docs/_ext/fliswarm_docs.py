@@ -219,7 +219,7 @@ class ConfigSchemaDirective(SphinxDirective):
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        from fliswarm.config_errors import get_schema, schema_path
+        from fliswarm.config.schema import get_schema, schema_path
 
         self.env.note_dependency(str(schema_path()))
         schema = get_schema()

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from clu.command import Command
 
     from fliswarm.actor import FLISwarmActor
-    from fliswarm.node import Node
+    from fliswarm.docker.node import Node
 
     FLISwarmCommand = Command[FLISwarmActor]
     NodesType = dict[str, Node]

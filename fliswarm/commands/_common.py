@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeAlias
 
+from fliswarm.docker.report import by_engine, report_engine
 from fliswarm.provision.desired import container_spec, container_user
-from fliswarm.status import by_engine, report_engine
 from fliswarm.tools import select_nodes, split_names
 
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from clu.command import Command
 
     from fliswarm.actor import FLISwarmActor
-    from fliswarm.node import Node
+    from fliswarm.docker.node import Node
 
     # As in fliswarm.commands (spelt out here: mypy loses that alias in an import cycle).
     FLISwarmCommand: TypeAlias = "Command[FLISwarmActor]"

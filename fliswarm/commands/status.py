@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from fliswarm.commands import parser
 from fliswarm.commands._common import enabled_names, report_devices, report_engine_nodes
-from fliswarm.status import by_engine
+from fliswarm.docker.report import by_engine
 
 
 if TYPE_CHECKING:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from fliswarm.camera.device import SubCommand
+from fliswarm.camera.subcommand import wait_all
 from fliswarm.commands import parser
-from fliswarm.device import SubCommand
-from fliswarm.subcommand import wait_all
 from fliswarm.tools import select_nodes, split_names
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fliswarm.containers import (
+from fliswarm.docker.containers import (
     LABEL_CONFIG_HASH,
     LABEL_MANAGED,
     canonical_config,
@@ -22,7 +22,7 @@ from fliswarm.containers import (
 
 
 if TYPE_CHECKING:
-    from fliswarm.settings import NodeSettings, Settings
+    from fliswarm.config.settings import NodeSettings, Settings
 
 
 __all__ = [

@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fliswarm.containers import short_id
+from fliswarm.docker.containers import short_id
+from fliswarm.docker.launch import check_managed
 from fliswarm.exceptions import FliswarmError, NodeError
-from fliswarm.launch import check_managed
 from fliswarm.tools import Reporter
 
 from .desired import DesiredNode, container_drift
@@ -31,8 +31,8 @@ from .ready import wait_device_ready
 
 
 if TYPE_CHECKING:
-    from fliswarm.device import FlicameraDevice
-    from fliswarm.node import Node
+    from fliswarm.camera.device import FlicameraDevice
+    from fliswarm.docker.node import Node
 
 
 __all__ = [

@@ -10,8 +10,8 @@ from fliswarm.exceptions import FliswarmError
 
 
 if TYPE_CHECKING:
-    from fliswarm.device import FlicameraDevice
-    from fliswarm.node import Node
+    from fliswarm.camera.device import FlicameraDevice
+    from fliswarm.docker.node import Node
 
 
 __all__ = ["NotReadyError", "wait_device_ready", "RETRY_DELAY"]

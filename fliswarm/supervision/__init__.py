@@ -23,18 +23,12 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fliswarm.containers import LABEL_NODE, short_id
+from fliswarm.docker.containers import LABEL_NODE, short_id
+from fliswarm.docker.events import EventWatcher
 from fliswarm.provision import Provisioner
-from fliswarm.provision.desired import (
-    DesiredNode,
-    container_spec,
-    container_user,
-    desired_node,
-)
 
-from .events import EventWatcher
 from .reconciler import NodeReconciler, Outcome
-from .state import Backoff, NodeState, NodeStatus, should_restart
+from .state import NodeState, NodeStatus, should_restart
 
 
 __all__ = [
@@ -42,19 +36,14 @@ __all__ = [
     "SupervisedActor",
     "NodeState",
     "NodeStatus",
-    "Backoff",
-    "DesiredNode",
     "Outcome",
-    "container_spec",
-    "container_user",
-    "desired_node",
     "should_restart",
 ]
 
 if TYPE_CHECKING:
-    from fliswarm.device import FlicameraDevice
-    from fliswarm.node import Node
-    from fliswarm.settings import Settings
+    from fliswarm.camera.device import FlicameraDevice
+    from fliswarm.config.settings import Settings
+    from fliswarm.docker.node import Node
 
 
 log = logging.getLogger("fliswarm.supervision")

@@ -16,12 +16,13 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fliswarm.containers import short_id
+from fliswarm.docker.containers import short_id
 from fliswarm.exceptions import NodeError
 from fliswarm.provision import ProvisionError, Request
 from fliswarm.provision.desired import DesiredNode, container_drift, desired_node
+from fliswarm.tools import Backoff
 
-from .state import Backoff, NodeState, NodeStatus, should_restart
+from .state import NodeState, NodeStatus, should_restart
 
 
 if TYPE_CHECKING:

@@ -1,9 +1,8 @@
-"""Node states, the restart-policy decision and the back-off of the supervisor (pure logic)."""
+"""Node states and the restart-policy decision of the supervisor (pure logic)."""
 
 from __future__ import annotations
 
 import enum
-import random
 import time
 from dataclasses import dataclass, field
 
@@ -13,7 +12,6 @@ from fliswarm.provision.desired import RESTART_POLICIES
 __all__ = [
     "NodeState",
     "NodeStatus",
-    "Backoff",
     "should_restart",
     "iso_time",
 ]
@@ -73,64 +71,6 @@ class NodeStatus:
         """The ``nodeState`` value: ``[node, state, since, reason]``."""
 
         return [node, self.state.value, iso_time(self.since), self.reason]
-
-
-class Backoff:
-    """Exponential back-off with jitter.
-
-    The n-th delay (from 0) is ``min(maximum, initial * factor**n)``, multiplied by a random
-    factor in ``[1 - jitter, 1]`` so that nodes failing together do not retry together.
-
-    Parameters
-    ----------
-    initial
-        The first delay, in seconds (> 0).
-    maximum
-        The longest delay.
-    factor
-        Growth factor (>= 1).
-    jitter
-        Fraction of the delay that is random, in ``[0, 1]``.
-    rng
-        The random generator (for tests).
-    """
-
-    def __init__(
-        self,
-        initial: float = 0.5,
-        maximum: float = 30.0,
-        factor: float = 2.0,
-        jitter: float = 0.25,
-        rng: random.Random | None = None,
-    ) -> None:
-        if initial <= 0 or maximum < initial or factor < 1 or not 0 <= jitter <= 1:
-            raise ValueError("invalid back-off parameters.")
-        self.initial = initial
-        self.maximum = maximum
-        self.factor = factor
-        self.jitter = jitter
-        self.rng = rng or random.Random()
-        #: Delays handed out since the last `reset`.
-        self.attempts = 0
-
-    def peek(self) -> float:
-        """The upper bound of the next delay (without jitter)."""
-
-        try:
-            value = self.initial * self.factor**self.attempts
-        except OverflowError:
-            value = self.maximum
-        return min(self.maximum, value)
-
-    def next(self) -> float:
-        """The next delay, in seconds."""
-
-        base = self.peek()
-        self.attempts += 1
-        return base * (1.0 - self.jitter * self.rng.random())
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 def should_restart(policy: str, exit_code: int | None, oom_killed: bool = False) -> bool:

@@ -1,9 +1,9 @@
 """The processes and files of ``fliswarm demo``: its state folder, the tron keeper, clean-up.
 
 Each demo instance records what it started under ``STATE_ROOT/<instance>`` (`DemoPaths`).
-`start_tron` launches the tron keeper (``python3 -m fliswarm.demo _tron ...``, its own session),
-which runs `keep_tron`; `stop_processes` and `stop_demo` stop everything again, checking each
-pid against its command line so a reused pid is never signalled.
+`start_tron` launches the tron keeper (``python3 -m fliswarm_testbed.demo _tron ...``, its own
+session), which runs `keep_tron`; `stop_processes` and `stop_demo` stop everything again,
+checking each pid against its command line so a reused pid is never signalled.
 """
 
 from __future__ import annotations
@@ -149,8 +149,8 @@ def stop_processes(paths: DemoPaths, say: Callable[[str], None] = print) -> None
 def remove_containers(addr: str) -> list[str]:
     """Force-removes fliswarm's containers on a live bed node (engine restarts avoided)."""
 
-    from fliswarm.containers import LABEL_MANAGED
-    from fliswarm.testbed.engine import http_request
+    from fliswarm.docker.containers import LABEL_MANAGED
+    from fliswarm_testbed.engine import http_request
 
     query = urllib.parse.quote(json.dumps({"label": [f"{LABEL_MANAGED}=true"]}))
     try:
@@ -166,7 +166,7 @@ def remove_containers(addr: str) -> list[str]:
 def stop_demo(instance: int, say: Callable[[str], None] = print) -> None:
     """``fliswarm demo down``: daemon, tron, test bed and the demo's files, all gone."""
 
-    from fliswarm.testbed.bed import Testbed
+    from fliswarm_testbed.bed import Testbed
 
     paths = DemoPaths(instance)
     start = time.monotonic()
@@ -190,7 +190,7 @@ def stop_demo(instance: int, say: Callable[[str], None] = print) -> None:
 async def keep_tron(root: Path, actor_port: int, tron_port: int) -> None:
     """Runs a tron hub for the demo's actor until SIGTERM/SIGINT/SIGHUP or until tron dies."""
 
-    from fliswarm.testbed.tron import TronHub
+    from fliswarm_testbed.tron import TronHub
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -212,7 +212,7 @@ def start_tron(paths: DemoPaths, actor_port: int, tron_port: int) -> int:
     """Starts the detached tron keeper; returns its pid (tron is ready when it answers)."""
 
     paths.tron_dir.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "fliswarm.demo", "_tron", str(paths.root)]
+    argv = [sys.executable, "-m", "fliswarm_testbed.demo", "_tron", str(paths.root)]
     with open(paths.tron_dir / "keeper.log", "ab") as out:
         proc = subprocess.Popen(
             [*argv, str(actor_port), str(tron_port)],

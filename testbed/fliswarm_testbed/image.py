@@ -9,7 +9,7 @@ Docker schema 2 manifest are written by hand and cached by a hash of the inputs;
 registry HTTP API directly, so no Docker engine is needed (see `.oci`).
 `start_flicamera_on_host` runs the same launcher with the host Python, for fast tests.
 
-Run ``python3 -m fliswarm.testbed.image --registry 127.0.0.1:5000`` to build and push.
+Run ``python3 -m fliswarm_testbed.image --registry 127.0.0.1:5000`` to build and push.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from fliswarm.testbed.oci import (
+from fliswarm_testbed.oci import (
     MANIFEST_TYPE,
     Progress,
     check_registry,
@@ -38,7 +38,7 @@ from fliswarm.testbed.oci import (
     write_image,
     write_layer,
 )
-from fliswarm.testbed.rootfs import (
+from fliswarm_testbed.rootfs import (
     DEFAULT_CACHE_DIR,
     LAUNCHER,
     LAUNCHER_IN_IMAGE,
@@ -51,7 +51,7 @@ from fliswarm.testbed.rootfs import (
     copy_python,
     pip_install,
 )
-from fliswarm.testbed.rootfs import locked as _locked
+from fliswarm_testbed.rootfs import locked as _locked
 
 
 __all__ = [
@@ -253,7 +253,7 @@ def _build(entry: Path, say: Progress) -> None:
             "Labels": {"org.sdss.fliswarm.inputs": IMAGE_INPUTS_HASH},
         },
         "rootfs": {"type": "layers", "diff_ids": [sizes["diff_id"]]},
-        "history": [{"created_by": "fliswarm.testbed.image (offline build)"}],
+        "history": [{"created_by": "fliswarm_testbed.image (offline build)"}],
     }
     digests = write_image(work, config, sizes)
     meta = {
@@ -368,10 +368,10 @@ async def wait_flicamera_ready(host: str, port: int, timeout: float = 30.0) -> f
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python3 -m fliswarm.testbed.image --registry HOST:PORT``: build and push."""
+    """``python3 -m fliswarm_testbed.image --registry HOST:PORT``: build and push."""
 
     parser = argparse.ArgumentParser(
-        prog="python3 -m fliswarm.testbed.image",
+        prog="python3 -m fliswarm_testbed.image",
         description="Build the simulated flicamera image offline and push it to a registry.",
     )
     parser.add_argument("--registry", required=True, help="HOST:PORT of the registry.")

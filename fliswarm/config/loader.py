@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from fliswarm.config_errors import (
+from fliswarm.config.schema import (
     ConfigError,
     ConfigWarning,
     describe,
@@ -34,7 +34,14 @@ from fliswarm.config_errors import (
 from fliswarm.tools import split_names
 
 
-__all__ = ["ConfigError", "ConfigWarning", "default_config_path", "load_config"]
+__all__ = [
+    "ConfigError",
+    "ConfigWarning",
+    "DOCKER_PORT",
+    "DOCKER_TLS_PORT",
+    "default_config_path",
+    "load_config",
+]
 
 ACTOR_KEYS = ("name", "host", "port", "tron_host", "tron_port", "log_dir")
 NODE_KEYS = ("host", "port", "docker-client", "category", "user", "docker-uid", "docker-gid")
@@ -47,7 +54,7 @@ DOCKER_TLS_PORT = 2376
 def default_config_path() -> pathlib.Path:
     """Returns the path of the configuration file shipped with fliswarm."""
 
-    return pathlib.Path(__file__).parent / "etc" / "fliswarm.yaml"
+    return pathlib.Path(__file__).parents[1] / "etc" / "fliswarm.yaml"
 
 
 def _read(path: pathlib.Path, file: str) -> dict[str, Any]:

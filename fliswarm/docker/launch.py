@@ -7,9 +7,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .containers import LABEL_IMAGE, LABEL_MANAGED, LABEL_NODE, container_body, short_id
-from .engine import Engine
-from .exceptions import (
+from fliswarm.docker.containers import (
+    LABEL_IMAGE,
+    LABEL_MANAGED,
+    LABEL_NODE,
+    container_body,
+    short_id,
+)
+from fliswarm.docker.engine import Engine
+from fliswarm.exceptions import (
     ContainerConflictError,
     ContainerStartError,
     DockerAPIError,

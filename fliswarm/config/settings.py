@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fliswarm.config import DOCKER_PORT, DOCKER_TLS_PORT
-from fliswarm.config_errors import with_defaults
+from fliswarm.config.loader import DOCKER_PORT, DOCKER_TLS_PORT
+from fliswarm.config.schema import with_defaults
 
 
 __all__ = [

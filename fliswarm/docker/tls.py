@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Mapping
 
-from .exceptions import NodeTLSError
+from fliswarm.exceptions import NodeTLSError
 
 
 __all__ = ["make_ssl_context", "tls_reason"]

@@ -1,6 +1,6 @@
 """pytest fixtures for the Docker test bed.
 
-Register them with ``pytest_plugins = ["fliswarm.testbed.fixtures"]``. All need root.
+Register them with ``pytest_plugins = ["fliswarm_testbed.fixtures"]``. All need root.
 
 - ``testbed`` (session): a 3-node `Testbed` (instance ``$FLISWARM_TESTBED_ID`` or 0),
   brought up once and torn down at the end of the session (left up if it already was).

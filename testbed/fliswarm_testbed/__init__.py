@@ -1,6 +1,6 @@
 """A real test bed for fliswarm: Docker nodes in network namespaces, flicamera, tron.
 
-`Testbed` (in `fliswarm.testbed.bed`) brings up several Docker engines, each in its own
+`Testbed` (in `fliswarm_testbed.bed`) brings up several Docker engines, each in its own
 network namespace with its own address, plus a private registry, on this machine.
 """
 

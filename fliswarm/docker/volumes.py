@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from .containers import LABEL_MANAGED, LABEL_NODE, short_id
-from .engine import Engine
-from .exceptions import DockerAPIError, FliswarmError, VolumeDriverError, VolumeInUseError
+from fliswarm.docker.containers import LABEL_MANAGED, LABEL_NODE, short_id
+from fliswarm.docker.engine import Engine
+from fliswarm.exceptions import DockerAPIError, FliswarmError, VolumeDriverError, VolumeInUseError
 
 
 __all__ = ["create_volume", "volume_body", "check_driver", "same_definition"]

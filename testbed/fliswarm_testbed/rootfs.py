@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fliswarm.testbed.oci import write_layer
+from fliswarm_testbed.oci import write_layer
 
 
 __all__ = [

@@ -61,7 +61,7 @@ class ConfigWarning(UserWarning):
 def schema_path() -> pathlib.Path:
     """Returns the path of the JSON Schema shipped with fliswarm."""
 
-    return pathlib.Path(__file__).parent / "etc" / "config.schema.json"
+    return pathlib.Path(__file__).parents[1] / "etc" / "config.schema.json"
 
 
 @functools.cache

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .engine import Engine
-from .exceptions import DockerAPIError, ImagePullError
+from fliswarm.docker.engine import Engine
+from fliswarm.exceptions import DockerAPIError, ImagePullError
 
 
 __all__ = ["PullProgress", "ensure_image"]

@@ -20,11 +20,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fliswarm.containers import LABEL_MANAGED
-from fliswarm.engine import Engine
+from fliswarm.docker.containers import LABEL_MANAGED
+from fliswarm.docker.engine import Engine
 from fliswarm.exceptions import NodeError
-
-from .state import Backoff
+from fliswarm.tools import Backoff
 
 
 __all__ = ["EventWatcher", "EVENT_FILTERS"]

@@ -7,8 +7,9 @@ all through tron. Everything it starts is recorded under ``/var/lib/fliswarm-dem
 and ``fliswarm demo down`` removes it all (daemon, tron, test bed).
 
 The tron hub must outlive the ``demo`` command: it runs under a small keeper process
-(``python3 -m fliswarm.demo _tron ...``, its own session) that stops it on SIGTERM; tron dies
-with its keeper if the keeper is killed. Process handling and clean-up live in `.demo_procs`.
+(``python3 -m fliswarm_testbed.demo _tron ...``, its own session) that stops it on SIGTERM;
+tron dies with its keeper if the keeper is killed. Process handling and clean-up live in
+`.demo_procs`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 import click
 
-from fliswarm.demo_procs import (
+from fliswarm_testbed.demo_procs import (
     STATE_ROOT,
     DemoError,
     DemoPaths,
@@ -109,7 +110,7 @@ class Demo:
         await asyncio.to_thread(stop_processes, self.paths, lambda s: self.say("    " + s))
 
     async def _bed_up(self) -> None:
-        from fliswarm.testbed.bed import Testbed
+        from fliswarm_testbed.bed import Testbed
 
         def up() -> Any:
             bed = Testbed(self.instance, n_nodes=self.n_nodes)
@@ -123,7 +124,7 @@ class Demo:
         self.say(f"    nodes: {names}; registry {self.bed.registry}")
 
     async def _image(self) -> None:
-        from fliswarm.testbed.image import build_flicamera_image
+        from fliswarm_testbed.image import build_flicamera_image
 
         def progress(line: str) -> None:
             self.say(f"    [{time.monotonic() - self.t0:6.1f} s] {line.strip()}")
@@ -148,7 +149,7 @@ class Demo:
     async def _tron(self) -> None:
         import yaml
 
-        from fliswarm.testbed.tron import TronClient, free_port
+        from fliswarm_testbed.tron import TronClient, free_port
 
         actor_port, tron_port = free_port(), free_port()
         config = self.bed.fliswarm_config(self.image, port=actor_port)

@@ -2,7 +2,7 @@
 
 Use them from a test module or a ``conftest.py`` with::
 
-    from fliswarm.testbed.tron_fixtures import tron_client_factory, tron_hub_factory  # noqa: F401
+    from fliswarm_testbed.tron_fixtures import tron_client_factory, tron_hub_factory  # noqa: F401
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fliswarm.testbed.tron import TronClient, TronHub
+from fliswarm_testbed.tron import TronClient, TronHub
 
 
 __all__ = ["tron_hub_factory", "tron_client_factory", "HubFactory", "ClientFactory"]

@@ -21,14 +21,14 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .containers import LABEL_MANAGED, LABEL_NODE, short_id
-from .exceptions import NodeError, NodeTimeoutError, NodeTLSError, NodeUnreachableError
-from .ping import PING_GRACE
-from .tools import Reporter
+from fliswarm.docker.containers import LABEL_MANAGED, LABEL_NODE, short_id
+from fliswarm.docker.ping import PING_GRACE
+from fliswarm.exceptions import NodeError, NodeTimeoutError, NodeTLSError, NodeUnreachableError
+from fliswarm.tools import Reporter
 
 
 if TYPE_CHECKING:
-    from .node import Node
+    from fliswarm.docker.node import Node
 
 
 __all__ = ["report_engine", "by_engine"]

@@ -56,7 +56,7 @@ class EngineSpec:
     run_dir: str
     data_dir: str
     runtime_wrapper: str | None
-    #: TLS-only engine: ``daemon.json`` TLS keys (see `fliswarm.testbed.tls.EngineTLS`);
+    #: TLS-only engine: ``daemon.json`` TLS keys (see `fliswarm_testbed.tls.EngineTLS`);
     #: it then listens on ``tcp://0.0.0.0:2376`` with ``tlsverify`` and no plain TCP.
     tls: dict[str, Any] | None = None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fliswarm.testbed.tron_client import TronError
+from fliswarm_testbed.tron_client import TronError
 
 
 __all__ = ["WRAPPER_SOURCE", "tron_package_dir"]

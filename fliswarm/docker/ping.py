@@ -22,7 +22,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
-from .exceptions import PingError
+from fliswarm.exceptions import PingError
 
 
 __all__ = ["PING_GRACE", "PingProgram", "find_ping", "ping_argv", "format_wait", "ping"]

@@ -38,19 +38,19 @@ import aiohttp
 from aiodocker.containers import DockerContainer
 from aiodocker.volumes import DockerVolume
 
-from .exceptions import (
+from fliswarm.docker.tls import make_ssl_context, tls_reason
+from fliswarm.exceptions import (
     DockerAPIError,
     NodeError,
     NodeTimeoutError,
     NodeTLSError,
     NodeUnreachableError,
 )
-from .tls import make_ssl_context, tls_reason
 
 
 __all__ = ["Engine", "make_ssl_context", "KEEPALIVE", "set_keepalive", "keepalive_socket"]
 
-log = logging.getLogger("fliswarm.engine")
+log = logging.getLogger("fliswarm.docker.engine")
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from fliswarm.testbed.tron_client import (
+from fliswarm_testbed.tron_client import (
     TronClient,
     TronError,
     TronLine,
@@ -30,7 +30,7 @@ from fliswarm.testbed.tron_client import (
     check_host,
     parse_keywords,
 )
-from fliswarm.testbed.tron_wrapper import WRAPPER_SOURCE, tron_package_dir
+from fliswarm_testbed.tron_wrapper import WRAPPER_SOURCE, tron_package_dir
 
 
 __all__ = [

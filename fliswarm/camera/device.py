@@ -4,7 +4,8 @@ flicamera is a CLU ``JSONActor``: it receives ``"<command_id> <command string>\\
 with one JSON object per line, ``{"header": {"command_id", "message_code", ...}, "data": {...}}``.
 `FlicameraDevice` sends sub-commands on behalf of a fliswarm command, relays every keyword it
 receives through the fliswarm actor with the node name prepended to its values, and tracks the
-real status of each sub-command.
+real status of each sub-command. Its reading side, `ReplyStream`, is an asyncio protocol that
+hands each complete line to the device as it arrives.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fliswarm.device_stream import ReplyStream
-from fliswarm.engine import set_keepalive
-from fliswarm.subcommand import SubCommand
+from fliswarm.camera.subcommand import SubCommand
+from fliswarm.docker.engine import set_keepalive
 from fliswarm.tools import IDPool
 
 
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from clu.command import BaseCommand
 
 
-__all__ = ["FlicameraDevice", "SubCommand", "relay_code", "DEFAULT_LINE_LIMIT"]
+__all__ = ["FlicameraDevice", "ReplyStream", "SubCommand", "relay_code", "DEFAULT_LINE_LIMIT"]
 
-log = logging.getLogger("fliswarm.device")
+log = logging.getLogger("fliswarm.camera.device")
 
 #: Longest reply line accepted from flicamera (bytes); longer lines are dropped.
 DEFAULT_LINE_LIMIT = 1024 * 1024
@@ -83,6 +83,65 @@ def _filename_of(value: Any) -> str | None:
     elif isinstance(value, list) and value:
         value = value[-1]
     return value if isinstance(value, str) else None
+
+
+class ReplyStream(asyncio.Protocol):
+    """flicamera's side of the connection: splits what arrives into lines and hands each to
+    the device at once (no reader task to wake up for every piece of data).
+
+    A line longer than ``limit`` bytes is dropped (with one warning), whole or in pieces.
+    ``ended`` is resolved with the reason when the connection ends.
+    """
+
+    def __init__(self, device: FlicameraDevice, limit: int) -> None:
+        self.device: FlicameraDevice | None = device
+        self.limit = limit
+        self.transport: asyncio.Transport | None = None
+        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._buffer = bytearray()
+        self._discarding = False  # Inside a line too long: drop until its end.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = bytes(buffer[start : end + 1])
+            start = end + 1
+            if self._discarding or len(line) > self.limit:
+                self._drop()
+                self._discarding = False
+                continue
+            device = self.device
+            if device is None:  # Detached: the connection is being closed.
+                continue
+            try:
+                device.handle_line(line)
+            except Exception:
+                log.exception("%s: failed relaying %r", device.name, line[:200])
+        del buffer[:start]
+        if len(buffer) > self.limit:
+            self._drop()
+            self._discarding = True
+            buffer.clear()
+
+    def _drop(self) -> None:
+        if not self._discarding and self.device is not None:
+            log.warning("%s: dropped a reply line too long.", self.device.name)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            reason = "the connection to flicamera was closed by the remote end."
+        else:
+            reason = f"the connection to flicamera was lost ({exc})."
+        if not self.ended.done():
+            self.ended.set_result(reason)
+        device, self.device = self.device, None
+        if device is not None:
+            device._lost(self, reason)
 
 
 class FlicameraDevice:
