@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import inspect
 import logging
 import re
 import shlex
@@ -377,7 +378,7 @@ def help_command(*args: Any, parser_command: str | None) -> Any:
     words = (parser_command or "").strip('"').split()
     if BUILTIN_COMMANDS.active:  # Only the command path: CLU walks every word.
         words = _command_path(ctx.command, words)
-    callback = help_.callback.__wrapped__  # Under click.pass_context.
+    callback = inspect.unwrap(help_.callback)  # Under click.pass_context (and CLU's wrapper).
     return callback(ctx, *args, parser_command=f'"{" ".join(words)}"')
 
 

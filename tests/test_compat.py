@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,18 @@ from fliswarm.actor import KEYWORDS_SCHEMA
 
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def clean_click_stack() -> Iterator[None]:
+    """Plain CLU leaves the click context of each command on click's global stack (the bug
+    reproduced here): drop them after each test, or they keep their commands alive for the
+    rest of the session."""
+
+    outer = click.get_current_context(silent=True)
+    yield
+    while (ctx := click.get_current_context(silent=True)) is not None and ctx is not outer:
+        click.globals.pop_context()
 
 
 def free_port() -> int:
