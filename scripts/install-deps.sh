@@ -16,6 +16,9 @@ if [ -n "$missing" ]; then
     apt-get install -y -q --no-install-recommends $missing
 fi
 
+# pip >= 24: older ones cannot resolve the test bed's requirement on fliswarm against this
+# tree's editable install with extras.
+python3 -m pip install -q 'pip>=24'
 echo "== pip install -e ./testbed -e .[dev,docs]"
 # The test bed (testbed/, package fliswarm_testbed) is its own distribution, which the dev
 # extra asks for: both are installed from this tree in one resolution.
