@@ -427,10 +427,12 @@ def test_not_utf8(tmp_path: pathlib.Path) -> None:
 
 
 def test_observatory_unset() -> None:
+    """No APO section to fall back on (tests/test_config_habits.py has the APO case)."""
+
     path = CONFIGS / "site.yaml"
     assert str(error_of(path)) == (
-        f"{path}: observatory: this file has one section per site (NORTH, SOUTH); "
-        "set $OBSERVATORY or pass observatory= to choose one"
+        f"{path}: this file has one section per site and no APO section; "
+        "set $OBSERVATORY to one of: NORTH, SOUTH"
     )
 
 
@@ -438,6 +440,10 @@ def test_observatory_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OBSERVATORY", "EAST")
     path = CONFIGS / "site.yaml"
     assert str(error_of(path)) == (
+        f"{path}: $OBSERVATORY is 'EAST', not a site of this file; set it to one of: NORTH, SOUTH"
+    )
+    monkeypatch.delenv("OBSERVATORY")
+    assert str(error_of(path, observatory="EAST")) == (
         f"{path}: observatory: unknown site 'EAST' (sites in this file: NORTH, SOUTH)"
     )
 
@@ -492,7 +498,7 @@ def test_bad_site_file(tmp_path: pathlib.Path, text: str, message: str) -> None:
 
 def test_unknown_keys_warning(tmp_path: pathlib.Path) -> None:
     text = BASE.replace("port: 19995}\n  gfa2", "port: 19995, colour: red}\n  gfa2")
-    text += "foo: 1\nactor_extra: {}\ntimeouts: {talk: 5, tlak: 5}\n"
+    text += "foo: 1\nactor_extra: {}\ntimeouts: {talk: 5, retries: 5}\n"
     path = write(tmp_path, text)
 
     with pytest.warns(ConfigWarning) as record:
@@ -500,12 +506,12 @@ def test_unknown_keys_warning(tmp_path: pathlib.Path) -> None:
 
     assert len(record) == 1
     assert str(record[0].message) == (
-        f"{path}: ignoring unknown keys: nodes.gfa1.colour, foo, actor_extra, timeouts.tlak"
+        f"{path}: ignoring unknown keys: nodes.gfa1.colour, foo, actor_extra, timeouts.retries"
     )
     assert record[0].filename == __file__
     # Unknown keys are dropped from the resolved configuration.
     assert "foo" not in config and "colour" not in config["nodes"]["gfa1"]
-    assert config["timeouts"]["talk"] == 5 and "tlak" not in config["timeouts"]
+    assert config["timeouts"]["talk"] == 5 and "retries" not in config["timeouts"]
 
 
 def test_unknown_actor_key_is_dropped(tmp_path: pathlib.Path) -> None:
@@ -523,10 +529,13 @@ def test_unknown_keys_site_layout(tmp_path: pathlib.Path) -> None:
 
 
 def test_unknown_keys_reported_with_an_error(tmp_path: pathlib.Path) -> None:
-    """A misspelt required key gives the warning (naming it) and the error."""
+    """A required key written under another name gives the warning (naming it) and the error.
 
-    path = write(tmp_path, BASE.replace("host: 10.250.77.11", "hots: 10.250.77.11"))
-    with pytest.warns(ConfigWarning, match=r"nodes\.gfa1\.hots"):
+    (A near miss, ``hots:``, is an error of its own: tests/test_config_habits.py.)
+    """
+
+    path = write(tmp_path, BASE.replace("host: 10.250.77.11", "address: 10.250.77.11"))
+    with pytest.warns(ConfigWarning, match=r"nodes\.gfa1\.address"):
         err = error_of(path)
     assert err.reason == "missing required key 'host'"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import json
 import pathlib
@@ -27,6 +28,9 @@ __all__ = [
     "format_error",
     "schema_error",
     "unknown_keys",
+    "unknown_key_places",
+    "close_key",
+    "NEAR_MISS_CUTOFF",
     "with_defaults",
 ]
 
@@ -55,7 +59,7 @@ class ConfigError(Exception):
 
 
 class ConfigWarning(UserWarning):
-    """Something in a configuration file is ignored (e.g. unknown keys)."""
+    """Something in a configuration file is ignored or assumed (unknown keys, the site)."""
 
 
 def schema_path() -> pathlib.Path:
@@ -267,22 +271,39 @@ def _applicable(schema: dict[str, Any], instance: Any) -> Iterator[dict[str, Any
             yield from _applicable(schema[branch], instance)
 
 
-def unknown_keys(
+def unknown_key_places(
     instance: Any,
     schemas: list[dict[str, Any]] | None = None,
     path: tuple[Any, ...] = (),
-) -> list[str]:
-    """Lists the key paths of the keys that the schema does not describe.
+) -> list[tuple[tuple[Any, ...], list[str]]]:
+    """Finds the keys that the schema does not describe, with the keys known at their place.
 
     A key is known if a ``properties`` entry names it or an ``additionalProperties``
     schema (a mapping such as ``nodes``) covers it. Works on invalid instances too.
+
+    Parameters
+    ----------
+    instance
+        The configuration (or a part of it, with ``schemas`` and ``path``).
+    schemas
+        The schemas that apply to ``instance``; the whole schema by default.
+    path
+        The path of ``instance`` in the configuration.
+
+    Returns
+    -------
+    list
+        ``(path, known)`` for each unknown key, in the file's order: ``path`` is the key's
+        path (a tuple of keys and list indices) and ``known`` the keys that the schema
+        names in the same mapping.
     """
 
     if schemas is None:
         schemas = [get_schema()]
     subs = [sub for schema in schemas for sub in _applicable(schema, instance)]
-    found: list[str] = []
+    found: list[tuple[tuple[Any, ...], list[str]]] = []
     if isinstance(instance, dict):
+        known = list(dict.fromkeys(name for sub in subs for name in sub.get("properties", {})))
         for key, value in instance.items():
             children: list[dict[str, Any]] = []
             for sub in subs:
@@ -291,12 +312,64 @@ def unknown_keys(
                 elif isinstance(sub.get("additionalProperties"), dict):
                     children.append(sub["additionalProperties"])
             if children:
-                found += unknown_keys(value, children, path + (key,))
+                found += unknown_key_places(value, children, path + (key,))
             else:
-                found.append(key_path(path + (key,)))
+                found.append((path + (key,), known))
     elif isinstance(instance, list):
         items = [sub["items"] for sub in subs if isinstance(sub.get("items"), dict)]
         if items:
             for index, value in enumerate(instance):
-                found += unknown_keys(value, items, path + (index,))
+                found += unknown_key_places(value, items, path + (index,))
     return found
+
+
+def unknown_keys(instance: Any) -> list[str]:
+    """Lists the dotted key paths of the keys that the schema does not describe.
+
+    Parameters
+    ----------
+    instance
+        The configuration, valid or not.
+
+    Returns
+    -------
+    list of str
+        The paths (``nodes.gfa1.colour``), in the file's order.
+    """
+
+    return [key_path(path) for path, _ in unknown_key_places(instance)]
+
+
+#: How close (`difflib.SequenceMatcher` ratio) an unknown key must be to a known one to be
+#: taken for a mistyped one: one wrong, missing or extra character in most keys, two letters
+#: swapped in a four-letter key (``hots``). Unrelated extra keys (``schema``, ``verbose``) stay
+#: well below.
+NEAR_MISS_CUTOFF = 0.75
+
+
+def _normal(key: str) -> str:
+    return key.lower().replace("-", "_")
+
+
+def close_key(key: str, known: Iterable[str]) -> str | None:
+    """The known key that ``key`` is most likely a mistyped form of, if any.
+
+    Parameters
+    ----------
+    key
+        An unknown key.
+    known
+        The keys known at the same place.
+
+    Returns
+    -------
+    str or None
+        The known key equal to ``key`` up to case and ``-``/``_``, else the closest one
+        with a similarity of at least `NEAR_MISS_CUTOFF`, else `None`.
+    """
+
+    by_normal = {_normal(name): name for name in known}
+    if _normal(key) in by_normal:
+        return by_normal[_normal(key)]
+    close = difflib.get_close_matches(_normal(key), by_normal, n=1, cutoff=NEAR_MISS_CUTOFF)
+    return by_normal[close[0]] if close else None
