@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from fliswarm import ping as ping_module
+from fliswarm.docker import ping as ping_module
 from fliswarm.exceptions import PingError
 
 
