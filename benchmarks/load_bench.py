@@ -60,7 +60,7 @@ ZERO_AFTER_ROUND = {
     "running": "pending sub-commands",
     "users": "users",
     "server_transports": "server transports",
-    "commands_alive": "CLU `Command` objects alive",
+    "commands_alive": "CLU `Command` objects alive (beyond those alive before the load)",
 }
 #: What `check_claims` checks, as the page says it.
 CLAIMS = [
@@ -206,6 +206,18 @@ class _Client:
                 await asyncio.wait_for(self.writer.wait_closed(), 2)
 
 
+def commands_alive() -> int:
+    """CLU `Command` objects alive in this process."""
+
+    gc.collect()
+    return sum(isinstance(o, Command) for o in gc.get_objects())
+
+
+#: `commands_alive` when the load started: those of earlier work in the same process (a test
+#: session) are not the load's.
+_BEFORE = {"commands": 0}
+
+
 def _counts(actor: FLISwarmActor) -> dict[str, float]:
     gc.collect()
     return {
@@ -214,7 +226,7 @@ def _counts(actor: FLISwarmActor) -> dict[str, float]:
         "running": sum(len(d.running) for d in actor.flicameras.values()),
         "users": len(actor.transports),
         "server_transports": len(actor._server.transports),
-        "commands_alive": sum(isinstance(o, Command) for o in gc.get_objects()),
+        "commands_alive": commands_alive() - _BEFORE["commands"],
         "tasks": len(asyncio.all_tasks()),
     }
 
@@ -271,6 +283,7 @@ async def run_load(
     handlers, e.g. pytest's capture, would keep them all in memory); its log file is kept.
     """
 
+    _BEFORE["commands"] = commands_alive()
     with contextlib.ExitStack() as stack:
         if work_dir is None:
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="fsw-load-"))

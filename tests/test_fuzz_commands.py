@@ -304,7 +304,7 @@ def _wait_counts(
 
 def _wait_back_to(site: ActorThread, base: dict[str, int], timeout: float = 20) -> dict[str, int]:
     keys = ("users", "server_transports")
-    return _wait_counts(site, lambda now: all(now[key] == base[key] for key in keys), timeout)
+    return _wait_counts(site, lambda now: all(now[key] <= base[key] for key in keys), timeout)
 
 
 def test_connect_and_close_does_not_leak(site: ActorThread):
@@ -323,8 +323,9 @@ def test_connect_and_close_does_not_leak(site: ActorThread):
         assert sentinel.command("ping")[-1].code == ":"
         sentinel.close()
         now = _wait_back_to(site, base)
-        assert now["users"] == base["users"], f"burst {burst}: {now} vs {base}"
-        assert now["server_transports"] == base["server_transports"], f"burst {burst}: {now}"
+        # Not more (a leak); fewer is a client of an earlier test gone meanwhile.
+        assert now["users"] <= base["users"], f"burst {burst}: {now} vs {base}"
+        assert now["server_transports"] <= base["server_transports"], f"burst {burst}: {now}"
 
 
 async def _burst_of_vanishing_clients(port: int, n: int = 40) -> None:
