@@ -84,6 +84,9 @@ def test_status_changes_only_on_new_state() -> None:
     assert status.since == 100.0 and status.reason == "still ok"
     assert status.set(NodeState.OFFLINE, "gone", now=300.0)
     assert status.keyword("gfa1") == ["gfa1", "offline", iso_time(300.0), "gone"]
+    # Never an empty reason: tron's keyword parsers drop a line with an empty list item.
+    status.set(NodeState.DEGRADED, "", now=400.0)
+    assert status.keyword("gfa1")[-1] == "degraded"
 
 
 def test_iso_time() -> None:

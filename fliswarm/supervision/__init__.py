@@ -7,7 +7,7 @@
     supervisor.watch("gfa1")          # start supervising a node (after ``enable``)
     await supervisor.unwatch("gfa1")  # stop (after ``disable``); its state becomes disabled
     supervisor.state("gfa1")          # NodeStatus(state=online, since=..., reason=...)
-    await supervisor.stop()
+    await supervisor.stop()           # at the actor's stop: nothing is broadcast per node
 
 Per node, an `.EventWatcher` keeps a subscription to the engine's container events and a
 `.NodeReconciler` runs reconcile steps when something happens (see their modules). Repairs
@@ -28,7 +28,7 @@ from fliswarm.docker.events import EventWatcher
 from fliswarm.provision import Provisioner
 
 from .reconciler import NodeReconciler, Outcome
-from .state import NodeState, NodeStatus, should_restart
+from .state import NodeState, NodeStatus, not_managed, should_restart
 
 
 __all__ = [
@@ -102,6 +102,7 @@ class Supervisor:
         self._semaphore: asyncio.Semaphore | None = None
         self._statuses: dict[str, NodeStatus] = {}
         self.running = False
+        self._stopping = False
 
     # ----------------------------------------------------------------- public API
 
@@ -121,7 +122,7 @@ class Supervisor:
         if reconciler is not None:
             return reconciler.status
         return self._statuses.setdefault(
-            name, NodeStatus(NodeState.DISABLED, reason="not supervised")
+            name, NodeStatus(NodeState.DISABLED, reason=not_managed(name))
         )
 
     def states(self) -> dict[str, NodeStatus]:
@@ -144,6 +145,7 @@ class Supervisor:
         """Starts supervising every enabled node."""
 
         self.running = True
+        self._stopping = False
         self.sync()
 
     def sync(self) -> None:
@@ -180,8 +182,9 @@ class Supervisor:
         watcher.start()
         reconciler.start()
 
-    async def unwatch(self, name: str) -> None:
-        """Stops supervising a node; its state becomes ``disabled``."""
+    async def unwatch(self, name: str, broadcast: bool = True) -> None:
+        """Stops supervising a node; its state becomes ``disabled`` (broadcast unless
+        ``broadcast`` is false, or the supervisor is stopping)."""
 
         reconciler = self.reconcilers.pop(name, None)
         watcher = self.watchers.pop(name, None)
@@ -193,7 +196,8 @@ class Supervisor:
         if reconciler is not None:
             await reconciler.stop()
         status = self._statuses.setdefault(name, NodeStatus())
-        if status.set(NodeState.DISABLED, "not supervised") or reconciler is not None:
+        changed = status.set(NodeState.DISABLED, not_managed(name))
+        if broadcast and (changed or reconciler is not None):
             self.broadcast("i", nodeState=status.keyword(name))
 
     def wake(self, name: str) -> None:
@@ -204,18 +208,28 @@ class Supervisor:
             reconciler.wake()
 
     async def stop(self) -> None:
-        """Stops all supervision (containers are left as they are)."""
+        """Stops all supervision (containers are left as they are).
+
+        Nothing is broadcast per node: the actor is stopping, its nodes are not disabled
+        (``disable`` is what broadcasts ``nodeState=<node>,disabled``).
+        """
 
         self.running = False
+        self._stopping = True
         await asyncio.gather(
-            *[self.unwatch(name) for name in list(self.reconcilers)], return_exceptions=True
+            *[self.unwatch(name, broadcast=False) for name in list(self.reconcilers)],
+            return_exceptions=True,
         )
 
     # ----------------------------------------------------------------- callbacks
 
     def broadcast(self, code: str, **keywords: Any) -> None:
-        """Writes an unsolicited reply to every user of the actor (never raises)."""
+        """Writes an unsolicited reply to every user of the actor (never raises); nothing
+        once the supervisor is stopping (what ends then is only logged)."""
 
+        if self._stopping:
+            log.debug("not broadcast (stopping): %r", keywords)
+            return
         try:
             self.actor.write(code, keywords)
         except Exception as err:
@@ -230,7 +244,8 @@ class Supervisor:
         if attrs.get("name") != self.actor.settings.container(name):
             return
         action = str(event.get("Action") or event.get("status") or "?")
-        value: list[Any] = [name, action, short_id(str(actor.get("ID") or event.get("id") or ""))]
+        cid = short_id(str(actor.get("ID") or event.get("id") or "")) or "NA"  # Never empty.
+        value: list[Any] = [name, action, cid]
         if "exitCode" in attrs:
             value.append(int(attrs["exitCode"]) if str(attrs["exitCode"]).isdigit() else None)
         reconciler.last_event = event

@@ -14,6 +14,7 @@ __all__ = [
     "NodeStatus",
     "should_restart",
     "iso_time",
+    "not_managed",
 ]
 
 
@@ -42,6 +43,12 @@ class NodeState(str, enum.Enum):
         return self.value
 
 
+def not_managed(name: str) -> str:
+    """The ``nodeState`` reason of a node fliswarm does not supervise (``disabled``)."""
+
+    return f"fliswarm does not manage this node (fliswarm enable {name} to manage it)"
+
+
 def iso_time(timestamp: float) -> str:
     """A UNIX time as ``YYYY-MM-DDTHH:MM:SS.sssZ`` (UTC)."""
 
@@ -68,9 +75,12 @@ class NodeStatus:
         return changed
 
     def keyword(self, node: str) -> list[str]:
-        """The ``nodeState`` value: ``[node, state, since, reason]``."""
+        """The ``nodeState`` value: ``[node, state, since, reason]``.
 
-        return [node, self.state.value, iso_time(self.since), self.reason]
+        The reason is never empty (tron's parsers drop a line with an empty list item).
+        """
+
+        return [node, self.state.value, iso_time(self.since), self.reason or self.state.value]
 
 
 def should_restart(policy: str, exit_code: int | None, oom_killed: bool = False) -> bool:
