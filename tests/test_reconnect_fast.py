@@ -32,6 +32,7 @@ def _free_port() -> int:
 class _Node:
     """The node argument of ``wait_device_ready`` (only read when flicamera is not ready)."""
 
+    name = "gfa1"
     engine = None
 
 
@@ -65,9 +66,8 @@ async def test_wait_device_ready_connects_soon_after_listen():
 
 async def test_wait_device_ready_times_out_with_reason():
     device = FlicameraDevice("gfa1", "127.0.0.1", _free_port())
-    with pytest.raises(
-        rc.NotReadyError, match=r"within 0.3 s \(cannot connect to 127.0.0.1:\d+: "
-    ):
+    expected = r"within 0.3 s \(127.0.0.1:\d+: connection refused\): fliswarm logs -n gfa1 "
+    with pytest.raises(rc.NotReadyError, match=expected):
         await rc.wait_device_ready(device, _Node(), "flicamera-gfa1", 0.3)  # type: ignore[arg-type]
 
 

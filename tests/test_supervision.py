@@ -2,7 +2,9 @@
 
 One bed and one image for the module; one fliswarm actor (restarted by one test) whose
 supervisor creates the flicamera containers itself and repairs them. Each test restores
-the bed (power, cable, engine) whatever happens.
+the bed (power, cable, engine) whatever happens. What operators read during each fault
+(``nodeState`` reasons, warnings, replies) names the node and leaks no library internals
+(`test_operator_text.assert_plain`); stopping the actor broadcasts nothing per node.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import pytest
 import pytest_asyncio
 import yaml
 from helpers_actor import ActorClient, ActorLine
+from test_operator_text import assert_plain
 
 from fliswarm.actor import FLISwarmActor
 from fliswarm.config import load_config
 from fliswarm.docker.containers import LABEL_CONFIG_HASH
 from fliswarm.provision.desired import desired_node
 from fliswarm.supervision import NodeState
+from fliswarm_testbed import tls as certs
 from fliswarm_testbed.bed import Testbed
 from fliswarm_testbed.fixtures import cleanup_node
 from fliswarm_testbed.image import ensure_flicamera_image
@@ -75,6 +79,8 @@ class Swarm:
         self.client: ActorClient | None = None
         #: The longest time a command sent to fliswarm took during the faults.
         self.longest: tuple[float, str] = (0.0, "")
+        #: The lines of the clients closed so far (`lines_since`).
+        self.history: list[ActorLine] = []
 
     async def start(self, **overrides: Any) -> None:
         """Starts fliswarm with the configuration, with some settings changed."""
@@ -88,10 +94,21 @@ class Swarm:
 
     async def stop(self) -> None:
         if self.client is not None:
+            self.history.extend(self.client.lines)
             await self.client.close()
         if self.actor is not None:
             await self.actor.stop()
         self.actor = self.client = None
+
+    def mark(self) -> int:
+        """Where the lines received from now on start (`lines_since`)."""
+
+        return len(self.history) + (len(self.client.lines) if self.client else 0)
+
+    def lines_since(self, mark: int) -> list[ActorLine]:
+        """Every line received by the clients since `mark`, across restarts of fliswarm."""
+
+        return (self.history + (self.client.lines if self.client else []))[mark:]
 
     @property
     def names(self) -> list[str]:
@@ -215,6 +232,7 @@ async def test_container_killed_while_idle(swarm: Swarm) -> None:
     await recover_all(swarm)
     before = await swarm.inspect("gfa1")
     index = len(swarm.client.lines)
+    mark = swarm.mark()
     start = time.monotonic()
     await swarm.kill("gfa1")
     await swarm.wait_state("gfa1", {NodeState.ONLINE}, 30, since=index)
@@ -229,6 +247,7 @@ async def test_container_killed_while_idle(swarm: Swarm) -> None:
     assert any(
         "gfa1: flicamera container" in t and "restarting it" in t for t in swarm.texts(index)
     ), [line.raw for line in swarm.client.lines[index:]]
+    assert_plain(swarm.lines_since(mark))
 
 
 async def test_container_killed_during_an_exposure(swarm: Swarm) -> None:
@@ -236,6 +255,7 @@ async def test_container_killed_during_an_exposure(swarm: Swarm) -> None:
     await recover_all(swarm)
     client = swarm.client
     index = len(client.lines)
+    mark = swarm.mark()
     # A long talk timeout (60 s): failing at once and failing at the timeout are far apart.
     mid = client.send("talk -n gfa2 -t 60 expose 2")
     await client.wait_for(
@@ -252,10 +272,12 @@ async def test_container_killed_during_an_exposure(swarm: Swarm) -> None:
     assert any("gfa2" in t and "connection" in t for t in texts), texts
     await swarm.wait_state("gfa2", {NodeState.ONLINE}, 30, since=index)
     assert await swarm.talk_ok("gfa2")
+    assert_plain(swarm.lines_since(mark))
 
 
 async def test_engine_stopped_and_restarted(swarm: Swarm, bed: Testbed, restore: None) -> None:
     await recover_all(swarm)
+    mark = swarm.mark()
     stopping = asyncio.create_task(asyncio.to_thread(bed.stop_engine, "fvc"))
     await swarm.wait_state(
         "fvc", {NodeState.OFFLINE, NodeState.DEGRADED, NodeState.RECOVERING}, 30
@@ -264,25 +286,36 @@ async def test_engine_stopped_and_restarted(swarm: Swarm, bed: Testbed, restore:
     assert await swarm.talk_ok("gfa1")
     await stopping
     await swarm.wait_state("fvc", {NodeState.OFFLINE}, 30)
+    reason = swarm.actor.supervisor.state("fvc").reason if swarm.actor else ""
+    assert f"Docker engine at {bed.node('fvc').docker_url}" in reason, reason
     started = time.monotonic()
     await asyncio.to_thread(bed.start_engine, "fvc")
     await swarm.wait_state("fvc", {NodeState.ONLINE}, 40)
     assert await swarm.talk_ok("fvc")
     print(f"fvc: engine back -> relaying again in {time.monotonic() - started:.2f} s")
+    assert_plain(swarm.lines_since(mark))
 
 
 async def test_node_powered_off_then_on(swarm: Swarm, bed: Testbed, restore: None) -> None:
     assert swarm.client is not None
     await recover_all(swarm)
+    mark = swarm.mark()
     off = time.monotonic()
     await asyncio.to_thread(bed.power_off, "gfa2")
     await swarm.wait_state("gfa2", {NodeState.OFFLINE}, 20)
     print(f"gfa2: powered off -> offline in {time.monotonic() - off:.2f} s")
+    assert swarm.actor is not None
+    reason = swarm.actor.supervisor.state("gfa2").reason
+    assert "check that the node is powered on and on the network" in reason, reason
     # A node known offline is reported at once (from the supervisor, without a probe) and
     # fails talk quickly; others work.
     reply = await swarm.command("status", 20)
     assert reply.code == ":"
-    assert any(t.startswith("gfa2: offline (") for t in reply.texts()), reply.texts()
+    assert any(t.startswith("gfa2: offline. Docker engine at") for t in reply.texts()), (
+        reply.texts()
+    )
+    addr = bed.node("gfa2").addr
+    assert f"Docker client on node {addr} is not connected." in reply.texts()  # 0.7's
     node_lines = [line.values("node") for line in reply.with_keyword("node")]
     assert ["gfa2", bed.node("gfa2").addr, bed.node("gfa2").docker_url, "F", "F"] in node_lines
     # Only a short connection attempt towards a node known to be offline: not the full
@@ -307,13 +340,18 @@ async def test_node_powered_off_then_on(swarm: Swarm, bed: Testbed, restore: Non
     await swarm.wait_state("gfa2", {NodeState.ONLINE}, 40)
     assert await swarm.talk_ok("gfa2")
     print(f"gfa2: engine answering -> relaying again in {time.monotonic() - on:.2f} s")
+    assert_plain(swarm.lines_since(mark))
 
 
 async def test_network_unplugged_and_plugged(swarm: Swarm, bed: Testbed, restore: None) -> None:
     await recover_all(swarm)
+    mark = swarm.mark()
     before = await swarm.inspect("fvc")
     await asyncio.to_thread(bed.unplug, "fvc")
     await swarm.wait_state("fvc", {NodeState.OFFLINE}, 25)
+    assert swarm.actor is not None
+    reason = swarm.actor.supervisor.state("fvc").reason
+    assert "check that the node is powered on and on the network" in reason, reason
     assert await swarm.talk_ok("gfa1")
     await asyncio.to_thread(bed.plug, "fvc")
     await swarm.wait_state("fvc", {NodeState.ONLINE}, 30)
@@ -321,6 +359,7 @@ async def test_network_unplugged_and_plugged(swarm: Swarm, bed: Testbed, restore
     after = await swarm.inspect("fvc")
     assert after["Id"] == before["Id"]
     assert after["State"]["StartedAt"] == before["State"]["StartedAt"]  # never restarted
+    assert_plain(swarm.lines_since(mark))
 
 
 async def test_flapping_node_is_not_hammered(swarm: Swarm) -> None:
@@ -404,10 +443,70 @@ async def test_self_healing_off_tracks_but_does_not_repair(swarm: Swarm) -> None
     index = len(swarm.client.lines)
     await swarm.kill("gfa2")
     await swarm.wait_state("gfa2", {NodeState.DEGRADED}, 20, since=index)
-    assert "self-healing is off" in swarm.actor.supervisor.state("gfa2").reason
+    reason = swarm.actor.supervisor.state("gfa2").reason
+    assert "self_healing is off" in reason and "fliswarm reconnect -n gfa2" in reason, reason
     assert (await swarm.inspect("gfa2"))["State"]["Running"] is False
     assert not any("restarting it" in t for t in swarm.texts(index))
     # With self-healing on again, fliswarm repairs it at start.
     await swarm.stop()
     await swarm.start()
+    await recover_all(swarm, timeout=30)
+
+
+async def test_tls_engine_of_another_ca(
+    swarm: Swarm, bed: Testbed, restore: None, tmp_path: Path
+) -> None:
+    """fvc's engine made TLS-only, fliswarm given the files of another CA: fvc is offline
+    (or degraded while its camera still answers) with the reason, the others work."""
+
+    await recover_all(swarm)
+    mark = swarm.mark()
+    addr = bed.node("fvc").addr
+    engine = certs.make_engine_tls(tmp_path / "engine", addr)
+    other = certs.make_engine_tls(tmp_path / "other", addr)
+    await swarm.stop()
+    await asyncio.to_thread(bed.stop_engine, "fvc")
+    try:
+        await asyncio.to_thread(bed.start_engine, "fvc", tls=engine.daemon_options())
+        nodes = copy.deepcopy(swarm.config["nodes"])
+        nodes["fvc"]["docker-client"] = f"tcp://{addr}:2376"
+        nodes["fvc"]["docker-tls"] = other.client_config()
+        await swarm.start(nodes=nodes)
+        await swarm.wait_state("fvc", {NodeState.OFFLINE, NodeState.DEGRADED}, 30)
+        assert swarm.actor is not None
+        reason = swarm.actor.supervisor.state("fvc").reason
+        assert f"Docker engine at tcp://{addr}:2376: the engine's certificate was rejected" in (
+            reason
+        ), reason
+        assert await swarm.talk_ok("gfa1")
+        reply = await swarm.command("status", 20)
+        assert any("the engine's certificate was rejected" in t for t in reply.texts()), (
+            reply.texts()
+        )
+        assert_plain(swarm.lines_since(mark))
+    finally:
+        await swarm.stop()
+        await asyncio.to_thread(bed.stop_engine, "fvc")
+        await asyncio.to_thread(bed.start_engine, "fvc")
+        await swarm.start()
+    await recover_all(swarm)
+
+
+async def test_no_nodestate_broadcast_when_fliswarm_stops(swarm: Swarm) -> None:
+    """A client connected while fliswarm stops gets no line per node (it used to get every
+    node `disabled,"not supervised"`)."""
+
+    await recover_all(swarm)
+    assert swarm.actor is not None
+    watcher = await ActorClient.connect("127.0.0.1", swarm.actor.port)
+    try:
+        await swarm.stop()  # fliswarm closes the connection: what it wrote has all come.
+        await asyncio.wait_for(asyncio.shield(watcher._task), 10)
+    finally:
+        await watcher.close()
+        await swarm.start()
+    per_node = [
+        line.raw for line in watcher.lines if {"nodeState", "containerEvent"} & set(line.keywords)
+    ]
+    assert not per_node, per_node
     await recover_all(swarm, timeout=30)

@@ -6,21 +6,32 @@ IP in its subjectAltName, a client certificate). fliswarm's `Node` works with th
 files (connect, run a container, report_status) and fails fast and clearly, naming the node
 and the file or the side that refused, with wrong ones; plain TCP is refused, and fliswarm
 never falls back to it.
+
+An engine that refuses fliswarm's client certificate is said to do so every time, by ``status``,
+``reconnect`` and the supervisor's ``nodeState``: over the engine itself, and through a relay
+that makes the engine's alert get lost as it can with TLS 1.3 (`AlertDroppingRelay`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime
+import socket
+import struct
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from helpers_actor import ActorClient, ActorLine
 
 from fliswarm.config import load_config
 from fliswarm.docker.node import Node
+from fliswarm.docker.tls import REFUSED_CLIENT
 from fliswarm.exceptions import DockerAPIError, NodeTLSError, NodeUnreachableError
 from fliswarm_testbed import tls as certs
 from fliswarm_testbed.bed import Testbed
@@ -56,6 +67,8 @@ def tls_bed(
     addr = testbed.node(NODE).addr
     now = datetime.datetime.now(datetime.timezone.utc)
     good = certs.make_engine_tls(tmp / "good", addr)
+    # The engine's certificate also names loopback, where AlertDroppingRelay listens.
+    certs.issue(good.ca, tmp / "good", "server-cert", server=True, addresses=(addr, "127.0.0.1"))
     files = Certificates(
         good=good,
         other=certs.make_engine_tls(tmp / "other", addr),
@@ -282,3 +295,188 @@ async def test_configuration_to_node(tls_bed, tmp_path: Path):
         assert any(text.startswith("gfa2: TLS: cannot read the client key") for text in texts)
     finally:
         await actor._close_connections()
+
+
+# --------------------------------------------------- a refused client certificate, every time
+
+
+class AlertDroppingRelay:
+    """A relay on loopback to the TLS engine that makes a refused client certificate's alert
+    get lost, every time the client has sent its request.
+
+    With TLS 1.3 the client ends its side of the handshake (its Certificate,
+    CertificateVerify and Finished: `HANDSHAKE_RECORDS` encrypted records) before the engine
+    has checked the certificate, and sends its request at once; the engine then sends its
+    alert and closes with the request unread, which resets the connection and can drop the
+    alert (seen on a loaded machine). Here, once the client has sent more than the
+    handshake, whatever the engine sends is held back, and the engine's close resets the
+    client's connection without it: the client sees only "reset" or "disconnected". A
+    connection that sends nothing after the handshake gets the alert, as from the engine.
+    Only for an engine that refuses the client (it holds back any answer).
+    """
+
+    HANDSHAKE_RECORDS = 3
+    #: TLS record type of encrypted records (``application_data``).
+    ENCRYPTED = 23
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.dropped = 0  # Alerts held back, the client's connection reset instead.
+        self.forwarded = 0  # Alerts forwarded (nothing sent after the handshake).
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _relay(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        try:
+            sreader, swriter = await asyncio.open_connection(*self.target)
+        except OSError:
+            cwriter.transport.abort()
+            return
+        sent = [0]  # Encrypted records from the client.
+
+        async def upstream() -> None:
+            pending = b""
+            while data := await creader.read(65536):
+                swriter.write(data)
+                pending += data
+                while len(pending) >= 5 and len(pending) >= 5 + int.from_bytes(pending[3:5]):
+                    if pending[0] == self.ENCRYPTED:
+                        sent[0] += 1
+                    pending = pending[5 + int.from_bytes(pending[3:5]) :]
+            with contextlib.suppress(OSError):
+                swriter.write_eof()
+
+        async def downstream() -> None:
+            held = bytearray()
+            while data := await sreader.read(65536):
+                if sent[0] >= self.HANDSHAKE_RECORDS:
+                    held += data
+                else:
+                    cwriter.write(data)
+            if sent[0] > self.HANDSHAKE_RECORDS:  # The client sent its request: reset.
+                self.dropped += 1
+                sock = cwriter.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                cwriter.transport.abort()
+            else:
+                self.forwarded += 1
+                cwriter.write(bytes(held))
+                cwriter.close()
+
+        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
+        try:
+            await tasks[1]
+        except OSError:
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            swriter.transport.abort()
+            cwriter.transport.abort()
+
+
+@pytest.fixture()
+async def relay(tls_bed) -> AsyncIterator[AlertDroppingRelay]:
+    bed, _ = tls_bed
+    relay = AlertDroppingRelay(bed.node(NODE).addr, 2376)
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+
+
+def refused_client(files: Certificates) -> dict[str, str]:
+    """fliswarm's files with a client certificate the engine refuses (another CA's)."""
+
+    return files.client(cert=str(files.other.client.cert), key=str(files.other.client.key))
+
+
+def engine_url(bed: Testbed, relay: AlertDroppingRelay, path: str) -> str:
+    if path == "engine":
+        return f"tcp://{bed.node(NODE).addr}:2376"
+    return f"tcp://127.0.0.1:{relay.port}"
+
+
+RUNS = 5
+
+
+@pytest.mark.parametrize("path", ["engine", "relay"])
+async def test_refused_client_certificate_status_says_so_every_time(tls_bed, relay, path: str):
+    """`Node.report_status` (status) and `Node.connect` (reconnect), several times in a row:
+    each says the engine refused fliswarm's client certificate, never only "cannot connect"."""
+
+    bed, files = tls_bed
+    url = engine_url(bed, relay, path)
+    expected = f"{NODE}: Docker engine at {url}: {REFUSED_CLIENT} ("
+    for run in range(RUNS):
+        node = tls_node(bed, refused_client(files))
+        node.daemon_addr = node.engine.url = url
+        try:
+            command = Recorder()
+            result = await node.report_status(command, volumes=False)
+            texts = [kw["text"] for _, kw in command.messages if "text" in kw]
+            assert result["docker_alive"] is False
+            assert any(text.startswith(expected) for text in texts), (run, texts)
+            with pytest.raises(NodeTLSError) as info:
+                await node.connect()
+            assert str(info.value).startswith(expected), (run, str(info.value))
+        finally:
+            await node.close()
+    if path == "relay":  # The alert was really lost on the way (and found again).
+        assert relay.dropped >= RUNS and relay.forwarded >= 1, vars(relay)
+
+
+@pytest.mark.parametrize("path", ["engine", "relay"])
+async def test_refused_client_certificate_actor_says_so(tls_bed, relay, tmp_path: Path, path: str):
+    """Through the actor: the supervisor's nodeState, status (several times), reconnect."""
+
+    from fliswarm.actor import FLISwarmActor
+
+    bed, files = tls_bed
+    url = engine_url(bed, relay, path)
+    config = bed.fliswarm_config("sdss/flicamera:latest")
+    config["nodes"][NODE]["docker-client"] = url
+    config["nodes"][NODE]["docker-tls"] = refused_client(files)
+    config["enabled_nodes"] = [NODE]
+    config["timeouts"] = {"docker_connect": 1.0, "docker_request": 5, "device_connect": 1.0}
+    config_path = tmp_path / "fliswarm.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    actor = FLISwarmActor.from_config(load_config(config_path))
+    await actor.start()
+    client = await ActorClient.connect("127.0.0.1", actor.port)
+    try:
+
+        def refused(line: ActorLine) -> bool:
+            values = line.values("nodeState")
+            return len(values) == 4 and values[0] == NODE and REFUSED_CLIENT in values[3]
+
+        if REFUSED_CLIENT not in actor.supervisor.state(NODE).reason:
+            await client.wait_for(refused, 30)  # Broadcast when the supervisor finds out.
+        assert actor.supervisor.state(NODE).state.value == "offline"
+        for run in range(RUNS):
+            reply = await client.command("status", 30)
+            assert reply.code == ":", str(reply)
+            assert [line for line in reply.lines if refused(line)], (run, str(reply))
+            assert any(REFUSED_CLIENT in text for text in reply.texts()), (run, str(reply))
+        reply = await client.command(f"reconnect -n {NODE}", 30)
+        assert reply.code == "f", str(reply)
+        assert any(
+            text.startswith(f"{NODE}: Docker engine at {url}: {REFUSED_CLIENT}")
+            for text in reply.texts()
+        ), str(reply)
+    finally:
+        await client.close()
+        await actor.stop()
+    if path == "relay":
+        assert relay.dropped >= 1, vars(relay)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fliswarm.camera.subcommand import SubCommand
-from fliswarm.docker.engine import set_keepalive
+from fliswarm.docker.engine import connection_problem, set_keepalive
 from fliswarm.tools import IDPool
 
 
@@ -44,6 +44,25 @@ _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 # Raw (JSON-escaped) sequences that need the slow, sanitising path: they would break the
 # line-based keyword format of the LegacyActor protocol.
 _UNSAFE = re.compile(rb"\\[nru]|;")  # \n, \r, \uXXXX or ;
+
+
+#: What to check when the connection to flicamera fails, by kind (`.connection_problem`).
+_HINTS = {
+    "refused": "is its flicamera container running?",
+    "unreachable": "is the node powered on and on the network?",
+    "timeout": "is the node powered on and on the network?",
+    "reset": "flicamera or its container may have been restarted",
+    "closed": "flicamera or its container may have been restarted",
+    "dns": "check the node's host in the configuration",
+    "other": "the details are in fliswarm's log",
+}
+
+
+def _problem(err: BaseException) -> str:
+    """A connection error in plain words, with what to check (``words; hint``)."""
+
+    kind, words = connection_problem(err)
+    return f"{words}; {_HINTS[kind]}"
 
 
 def relay_code(code: str) -> str:
@@ -134,9 +153,14 @@ class ReplyStream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is None:
-            reason = "the connection to flicamera was closed by the remote end."
+            reason = (
+                "the connection to flicamera was closed by the remote end (flicamera or its "
+                "container stopped)."
+            )
         else:
-            reason = f"the connection to flicamera was lost ({exc})."
+            name = self.device.name if self.device is not None else "?"
+            log.info("%s: the connection to flicamera was lost: %r", name, exc)
+            reason = f"the connection to flicamera was lost ({_problem(exc)})."
         if not self.ended.done():
             self.ended.set_result(reason)
         device, self.device = self.device, None
@@ -235,10 +259,14 @@ class FlicameraDevice:
                     timeout,
                 )
             except asyncio.TimeoutError:
-                self.last_error = f"connecting to {self.host}:{self.port} timed out."
+                self.last_error = (
+                    f"cannot connect to {self.host}:{self.port}: no answer within {timeout:g} s; "
+                    f"{_HINTS['timeout']}"
+                )
                 raise ConnectionError(f"{self.name}: {self.last_error}") from None
             except OSError as err:
-                self.last_error = f"cannot connect to {self.host}:{self.port}: {err}"
+                log.debug("%s: cannot connect to %s:%s: %r", self.name, self.host, self.port, err)
+                self.last_error = f"cannot connect to {self.host}:{self.port}: {_problem(err)}"
                 raise ConnectionError(f"{self.name}: {self.last_error}") from None
             assert stream.transport is not None
             set_keepalive(stream.transport.get_extra_info("socket"))  # A dead node breaks it.
@@ -297,7 +325,8 @@ class FlicameraDevice:
         try:
             self._stream.transport.write(f"{command_id} {command_string}\n".encode())
         except Exception as err:
-            self._end(sub, False, f"{self.name}: failed sending the command: {err}")
+            log.info("%s: cannot send %r: %r", self.name, command_string, err)
+            self._end(sub, False, f"{self.name}: cannot send the command to flicamera.")
             raise ConnectionError(sub.error) from err
         return sub
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     FLISwarmCommand: TypeAlias = "Command[FLISwarmActor]"
     NodesType: TypeAlias = "dict[str, Node]"
 
+
+log = logging.getLogger("fliswarm.commands")
 
 __all__ = [
     "choose_nodes",
@@ -93,10 +96,17 @@ async def report_engine_nodes(command: FLISwarmCommand, nodes: list[Node]) -> No
         await asyncio.wait_for(report_engine(command, nodes, names, volumes, ping_timeout), limit)
     except asyncio.TimeoutError:
         for node in nodes:
-            command.warning(text=f"{node.name}: no status within {limit:g} s.")
-    except Exception as err:
+            command.warning(
+                text=f"{node.name}: no status within {limit:g} s: its Docker engine answers "
+                "too slowly (check the node's load, or restart dockerd on it)."
+            )
+    except Exception:
+        log.exception("status of %s failed", ", ".join(node.name for node in nodes))
         for node in nodes:
-            command.warning(text=f"{node.name}: cannot get the status: {err}")
+            command.warning(
+                text=f"{node.name}: cannot get the status (internal error; the details are "
+                "in fliswarm's log)."
+            )
     report_devices(command, nodes)
 
 

@@ -91,7 +91,7 @@ async def _run_on_node(
         if offline:
             reason = " (the node is offline)"
         else:
-            reason = f" ({device.last_error})" if device.last_error else ""
+            reason = f" ({device.last_error.rstrip('.')})" if device.last_error else ""
         command.warning(text=f"{name}: flicamera is not connected{reason}.")
         sub = SubCommand(name, 0, camera_command, command)
         sub._finish(False, f"{name}: flicamera is not connected.")

@@ -7,7 +7,12 @@ The only module of the actor that uses aiodocker (and aiohttp). `Engine` owns an
   on top of the aiohttp connect/read timeouts, so a node whose packets vanish fails the
   call in bounded time;
 - turns aiodocker/aiohttp errors into `.NodeTimeoutError`, `.NodeUnreachableError`,
-  `.NodeTLSError` or `.DockerAPIError`;
+  `.NodeTLSError` or `.DockerAPIError`, whose message is for operators: the engine, what
+  happened, what to check (``Docker engine at tcp://10.1.2.11:2375 is not answering:
+  connection refused (check that dockerd runs on the node and listens on that port).``);
+  the library's own error goes to this module's log. A TLS engine that drops a connection
+  without a TLS error is asked once more whether it refuses fliswarm's certificate
+  (`.tls.refusal_reason`);
 - uses a fresh TCP connection (no keep-alive pool), so a restarted or power-cycled
   engine never leaves a stale pooled connection behind; after a connection error the
   whole client session is also re-created.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import socket
@@ -38,7 +44,7 @@ import aiohttp
 from aiodocker.containers import DockerContainer
 from aiodocker.volumes import DockerVolume
 
-from fliswarm.docker.tls import make_ssl_context, tls_reason
+from fliswarm.docker.tls import make_ssl_context, refusal_reason, tls_reason
 from fliswarm.exceptions import (
     DockerAPIError,
     NodeError,
@@ -48,7 +54,14 @@ from fliswarm.exceptions import (
 )
 
 
-__all__ = ["Engine", "make_ssl_context", "KEEPALIVE", "set_keepalive", "keepalive_socket"]
+__all__ = [
+    "Engine",
+    "make_ssl_context",
+    "KEEPALIVE",
+    "set_keepalive",
+    "keepalive_socket",
+    "connection_problem",
+]
 
 log = logging.getLogger("fliswarm.docker.engine")
 
@@ -109,6 +122,95 @@ def keepalive_socket(addr_info: Any) -> socket.socket:
     return sock
 
 
+#: What a connection error means, in plain words, by kind (`connection_problem`).
+_ERRNO_KINDS = {
+    errno.ECONNREFUSED: ("refused", "connection refused"),
+    errno.EHOSTUNREACH: ("unreachable", "no route to the node"),
+    errno.EHOSTDOWN: ("unreachable", "the node is down"),
+    errno.ENETUNREACH: ("unreachable", "no route to the node's network"),
+    errno.ETIMEDOUT: ("timeout", "the connection timed out"),
+    errno.ECONNRESET: ("reset", "the connection was reset"),
+    errno.ECONNABORTED: ("reset", "the connection was aborted"),
+    errno.EPIPE: ("reset", "the connection was closed while sending"),
+}
+
+#: What to check, for each kind of problem with a node's Docker engine.
+_ENGINE_HINTS = {
+    "refused": "check that dockerd runs on the node and listens on that port",
+    "unreachable": "check that the node is powered on and on the network",
+    "timeout": "check that the node is powered on and on the network",
+    "reset": "dockerd may be stopping or restarting",
+    "closed": "dockerd may be stopping or restarting",
+    "dns": "check the node's host (or docker-client) in the configuration",
+    "other": "fliswarm's log has the details",
+}
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """The error and those behind it (causes, contexts, aiohttp's ``os_error``)."""
+
+    seen: list[BaseException] = []
+    todo = [err]
+    while todo:
+        item = todo.pop(0)
+        if any(item is other for other in seen):
+            continue
+        seen.append(item)
+        for name in ("os_error", "__cause__", "__context__"):
+            inner = getattr(item, name, None)
+            if isinstance(inner, BaseException):
+                todo.append(inner)
+    return seen
+
+
+def connection_problem(err: BaseException) -> tuple[str, str]:
+    """What a connection error means, without Python's or aiohttp's decoration.
+
+    Returns
+    -------
+    tuple
+        ``(kind, words)``: kind is one of ``refused``, ``unreachable``, ``timeout``,
+        ``reset``, ``closed`` (the peer closed the connection without an answer), ``dns``
+        and ``other``; words say it plainly (``"connection refused"``).
+    """
+
+    chain = _chain(err)
+    for item in chain:
+        if isinstance(item, socket.gaierror):
+            return "dns", "unknown host name"
+        code = getattr(item, "errno", None)
+        if isinstance(code, int) and code in _ERRNO_KINDS:
+            return _ERRNO_KINDS[code]
+    for item in chain:
+        if isinstance(item, aiohttp.ServerDisconnectedError):
+            return "closed", "the connection was closed without an answer"
+        if isinstance(item, aiohttp.ClientPayloadError):
+            # aiohttp keeps the socket's error only in the text (``... . TimeoutError(110,
+            # 'Connection timed out')``): a silent peer (TCP keep-alive) or a reset.
+            text = str(item)
+            if "TimeoutError(" in text or "timed out" in text:
+                return "timeout", "the connection timed out"
+            if "ConnectionResetError(" in text or "reset by peer" in text:
+                return "reset", "the connection was reset"
+            return "closed", "the connection broke during the answer"
+        if isinstance(item, (asyncio.TimeoutError, socket.timeout)):
+            return "timeout", "no answer in time"
+    for item in chain:
+        strerror = getattr(item, "strerror", None)
+        if isinstance(item, OSError) and isinstance(strerror, str) and strerror:
+            return "other", strerror[0].lower() + strerror[1:]
+    return "other", "the connection failed"
+
+
+def _dropped(err: BaseException) -> bool:
+    """Whether a connection was made, then dropped by the engine without an answer."""
+
+    for item in _chain(err):
+        if isinstance(item, aiohttp.ClientConnectorError):
+            return False  # No connection was made.
+    return connection_problem(err)[0] in ("reset", "closed")
+
+
 def _gap(
     docker: aiodocker.Docker, path: str, method: str = "GET", **kwargs: Any
 ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
@@ -167,6 +269,9 @@ class Engine:
         #: Why the last call failed (`None` after a success), for status and messages.
         self.last_failure: NodeError | None = None
         self._docker: aiodocker.Docker | None = None
+        #: Calls in flight per client (by id), and clients to close once no call uses them.
+        self._in_use: dict[int, int] = {}
+        self._retired: dict[int, aiodocker.Docker] = {}
 
     def _timeouts(self) -> aiohttp.ClientTimeout:
         """The aiohttp time limits of one request (the client's, and of stop and remove)."""
@@ -217,42 +322,99 @@ class Engine:
             await docker.session.close()  # Ours (aiodocker leaves a given session open).
 
     async def close(self) -> None:
-        """Closes the client session (a later call opens a new one)."""
+        """Closes the client sessions (a later call opens a new one); calls in flight fail."""
 
         docker, self._docker = self._docker, None
-        if docker is not None:
-            await self._close_client(docker)
+        retired, self._retired = list(self._retired.values()), {}
+        for client in [docker, *retired]:
+            if client is not None:
+                await self._close_client(client)
+
+    @contextlib.asynccontextmanager
+    async def _using(self) -> AsyncIterator[aiodocker.Docker]:
+        """The client, for one call. A call that fails with a connection error retires it
+        (`_retire`): it is closed when the last call using it ends, never under another."""
+
+        docker = self._client()
+        key = id(docker)
+        self._in_use[key] = self._in_use.get(key, 0) + 1
+        try:
+            yield docker
+        finally:
+            left = self._in_use.pop(key) - 1
+            if left:
+                self._in_use[key] = left
+            elif key in self._retired:
+                del self._retired[key]
+                with contextlib.suppress(Exception):
+                    await self._close_client(docker)
+
+    def _retire(self, docker: aiodocker.Docker) -> None:
+        """After a connection error: later calls get a new client; this one is closed once
+        the calls using it have ended (closing it now would fail them with "Session is
+        closed" or "Connector is closed", and lose their own reason)."""
+
+        if self._docker is docker:
+            self._docker = None
+            self._retired[id(docker)] = docker
 
     def _translate(self, err: BaseException, what: str, timeout: float) -> NodeError:
+        """A typed error with a message for operators: the engine, what happened, what to
+        check; the library's own text goes to the log."""
+
         if isinstance(err, NodeError):
             return err
+        if not isinstance(err, aiodocker.DockerError) or err.status == _NO_CONNECTION:
+            log.info("%s: %s on %s failed: %r", self.node, what, self.url, err)
         if isinstance(err, asyncio.TimeoutError):
             connect_error = getattr(aiohttp, "ConnectionTimeoutError", None)
             if connect_error is not None and isinstance(err, connect_error):
-                return NodeTimeoutError(
-                    self.node,
-                    f"cannot connect to the Docker engine at {self.url} ({what})",
-                    self.connect_timeout,
-                )
-            return NodeTimeoutError(self.node, f"Docker engine at {self.url}: {what}", timeout)
+                timeout = self.connect_timeout
+            hint = _ENGINE_HINTS["timeout"] + ", and that dockerd is not hung"
+            error = NodeTimeoutError(
+                self.node,
+                f"Docker engine at {self.url} is not answering: no answer within "
+                f"{timeout:g} s ({hint}).",
+            )
+            error.timeout = timeout
+            return error
         reason = tls_reason(err, self.url)
         if reason is not None:
-            end = "" if reason.endswith("?") else "."
-            return NodeTLSError(self.node, f"Docker engine at {self.url} ({what}): {reason}{end}")
-        if isinstance(err, aiodocker.DockerError):
-            if err.status == _NO_CONNECTION:
-                return NodeUnreachableError(
-                    self.node, f"cannot connect to the Docker engine at {self.url} ({what})"
-                )
+            return self._tls_error(reason)
+        if isinstance(err, aiodocker.DockerError) and err.status != _NO_CONNECTION:
             message = str(err.message).strip()
             if err.status == 400 and "HTTPS server" in message:
                 message += " (this engine requires TLS: configure docker-tls for the node)"
             return DockerAPIError(self.node, err.status, message)
-        if isinstance(err, (aiohttp.ClientError, OSError)):
+        if isinstance(err, (aiodocker.DockerError, aiohttp.ClientError, OSError)):
+            kind, words = connection_problem(err)
             return NodeUnreachableError(
-                self.node, f"connection to the Docker engine at {self.url} failed ({what}): {err}"
+                self.node,
+                f"Docker engine at {self.url} is not answering: {words} ({_ENGINE_HINTS[kind]}).",
             )
         raise err
+
+    def _tls_error(self, reason: str) -> NodeTLSError:
+        end = "" if reason.endswith("?") else "."
+        return NodeTLSError(self.node, f"Docker engine at {self.url}: {reason}{end}")
+
+    async def _explain(
+        self,
+        err: BaseException,
+        what: str,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> NodeError:
+        """`_translate`, and for a TLS engine that dropped the connection without a TLS
+        error, whether it refuses fliswarm's certificate (`.tls.refusal_reason`: its alert
+        can be lost when it resets the connection; one short connection asks again)."""
+
+        error = self._translate(err, what, timeout)
+        context = ssl_context or self.ssl_context
+        if context is None or isinstance(error, NodeTLSError) or not _dropped(err):
+            return error
+        reason = await refusal_reason(self.url, context, self.connect_timeout, self.node)
+        return self._tls_error(reason) if reason is not None else error
 
     async def call(
         self,
@@ -274,16 +436,32 @@ class Engine:
 
         limit = timeout if timeout is not None else self.connect_timeout + self.request_timeout
         try:
-            result = await asyncio.wait_for(fn(self._client()), limit)
-        except NodeError as err:  # e.g. the TLS files (make_ssl_context).
+            async with self._using() as docker:
+                try:
+                    result = await asyncio.wait_for(fn(docker), limit)
+                except (
+                    asyncio.TimeoutError,
+                    aiodocker.DockerError,
+                    aiohttp.ClientError,
+                    OSError,
+                    RuntimeError,
+                ) as err:
+                    if docker.session.closed:  # By `close` (a reboot, fliswarm stopping).
+                        log.info("%s: %s on %s: %r", self.node, what, self.url, err)
+                        raise NodeUnreachableError(
+                            self.node,
+                            f"Docker engine at {self.url}: fliswarm closed the connection "
+                            "(the node is being rebooted, or fliswarm is stopping).",
+                        ) from err
+                    if isinstance(err, RuntimeError):
+                        raise
+                    error = await self._explain(err, what, limit)
+                    if isinstance(error, (NodeUnreachableError, NodeTimeoutError)):
+                        self._retire(docker)
+                    raise error from err
+        except NodeError as err:  # Also the TLS files (make_ssl_context).
             self.last_failure = err
             raise
-        except (asyncio.TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError) as err:
-            error = self._translate(err, what, limit)
-            self.last_failure = error
-            if isinstance(error, (NodeUnreachableError, NodeTimeoutError)):
-                await self.close()
-            raise error from err
         self.last_failure = None
         return result
 
@@ -368,6 +546,58 @@ class Engine:
             f"start container {cid[:12]}", lambda d: d.containers.container(cid).start()
         )
 
+    async def container_logs(
+        self, name: str, tail: int | None = None, since: float | None = None
+    ) -> list[str] | None:
+        """The output of a container (stdout and stderr, in the engine's order), as lines.
+
+        ``GET /containers/{name}/logs``, through aiodocker's public ``DockerContainer.log``,
+        bounded like every call; a stopped container's lines are given while the engine keeps
+        them (until the container is removed).
+
+        Parameters
+        ----------
+        name
+            The container's name or id.
+        tail
+            Only the last ``tail`` lines (all of them when `None`).
+        since
+            Only the lines written since this UNIX time (the node's clock).
+
+        Returns
+        -------
+        list
+            The lines, oldest first, without their line ends; `None` if there is no such
+            container.
+
+        Raises
+        ------
+        NodeError
+            As `call`; `.DockerAPIError` when the engine cannot give the log (e.g. a logging
+            driver that keeps none).
+        """
+
+        options: dict[str, Any] = {}
+        if tail is not None:
+            options["tail"] = max(0, int(tail))
+        if since is not None:
+            options["since"] = f"{max(0.0, since):.3f}"
+
+        async def _log(docker: aiodocker.Docker) -> Any:
+            container = docker.containers.container(name)
+            return await container.log(
+                stdout=True, stderr=True, timeout=self._timeouts(), **options
+            )
+
+        chunks = await self.get_or_none(f"read the log of container {name}", _log)
+        if chunks is None:
+            return None
+        text = "".join(chunks)  # Frames need not end at line ends.
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return [line[:-1] if line.endswith("\r") else line for line in lines]
+
     async def update_restart_policy(self, cid: str, policy: Mapping[str, Any]) -> None:
         """Sets the engine's restart policy of a container (``{"Name": "unless-stopped"}``)."""
 
@@ -440,16 +670,16 @@ class Engine:
         """
 
         name, tag = _split_tag(ref)
-        try:
-            client = self._client()
-            # No read timeout (aiodocker's default for pulls): the caller bounds the pull.
-            async for item in client.images.pull(name, tag=tag, stream=True):
-                yield item
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as err:
-            error = self._translate(err, f"pull {ref}", self.request_timeout)
-            if isinstance(error, NodeUnreachableError):
-                await self.close()
-            raise error from err
+        async with self._using() as client:
+            try:
+                # No read timeout (aiodocker's default for pulls): the caller bounds the pull.
+                async for item in client.images.pull(name, tag=tag, stream=True):
+                    yield item
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as err:
+                error = await self._explain(err, f"pull {ref}", self.request_timeout)
+                if isinstance(error, NodeUnreachableError):
+                    self._retire(client)
+                raise error from err
 
     # Events
 
@@ -488,16 +718,23 @@ class Engine:
         NodeError
             `.NodeTimeoutError` if the engine does not answer in time, `.NodeTLSError`,
             `.NodeUnreachableError` or `.DockerAPIError` if the subscription fails or the
-            stream breaks; the message says which stream (``event stream of <url>: ...``).
+            stream breaks; the message names the engine, says what happened and what to
+            check (the library's own error is in the log).
         """
 
         limit = timeout if timeout is not None else self.connect_timeout + self.request_timeout
         try:
             ssl_context = make_ssl_context(self.tls, self.node) if self.tls else self.ssl_context
             docker = self._new_client(ssl_context, keepalive)
-        except (OSError, ValueError) as err:  # e.g. a missing TLS file (NodeTLSError).
-            kind = NodeTLSError if isinstance(err, NodeTLSError) else NodeUnreachableError
-            raise kind(self.node, f"event stream of {self.url}: {err}") from err
+        except NodeTLSError:  # e.g. a missing TLS file.
+            raise
+        except (OSError, ValueError) as err:
+            log.info("%s: event stream of %s: %r", self.node, self.url, err)
+            raise NodeUnreachableError(
+                self.node,
+                f"Docker engine at {self.url}: fliswarm cannot open a connection to it (check "
+                "the node's docker-client; fliswarm's log has the details).",
+            ) from err
         stream_timeout = aiohttp.ClientTimeout(
             total=None,
             connect=self.connect_timeout,
@@ -514,9 +751,9 @@ class Engine:
                         query = _gap(docker, "events", params=params, timeout=stream_timeout)
                         response = await stack.enter_async_context(query)
                 except TimeoutError as err:
-                    raise self._stream_timeout() from err
+                    raise self._stream_timeout(limit) from err
                 except (aiodocker.DockerError, aiohttp.ClientError, OSError, ValueError) as err:
-                    raise self._stream_error(err) from err
+                    raise await self._stream_error(err, ssl_context) from err
                 stack.callback(response.close)
                 events = self._decode_events(response)
                 yield events
@@ -542,26 +779,33 @@ class Engine:
                 if isinstance(event, dict):
                     yield event
         except TimeoutError as err:
-            raise self._stream_timeout() from err
+            raise self._stream_timeout(self.connect_timeout) from err
         except (aiohttp.ClientError, OSError, ValueError) as err:
-            raise self._stream_error(err) from err
+            log.info("%s: the event stream of %s broke: %r", self.node, self.url, err)
+            kind, words = connection_problem(err)
+            if kind == "closed":  # Cut mid-stream, without the stream's clean end.
+                words = "the connection broke"
+            raise NodeUnreachableError(
+                self.node,
+                f"Docker engine at {self.url} stopped answering: {words} ({_ENGINE_HINTS[kind]}).",
+            ) from err
 
-    def _stream_timeout(self) -> NodeTimeoutError:
-        return NodeTimeoutError(
-            self.node,
-            f"the engine at {self.url} did not answer within {self.connect_timeout:g} s",
-        )
+    def _stream_timeout(self, limit: float) -> NodeError:
+        return self._translate(asyncio.TimeoutError(), "subscribe to events", limit)
 
-    def _stream_error(self, err: BaseException) -> NodeError:
-        """An error of the event stream, typed, with the engine's or aiohttp's text."""
+    async def _stream_error(
+        self, err: BaseException, ssl_context: ssl.SSLContext | None
+    ) -> NodeError:
+        """An error of the event subscription, typed and explained as a call's is."""
 
-        text = getattr(err, "message", None) or str(err) or type(err).__name__
-        message = f"event stream of {self.url}: {text}"
-        if isinstance(err, aiodocker.DockerError) and err.status != _NO_CONNECTION:
-            return DockerAPIError(self.node, err.status, message)
-        if tls_reason(err, self.url) is not None:
-            return NodeTLSError(self.node, message)
-        return NodeUnreachableError(self.node, message)
+        if isinstance(err, ValueError) and not isinstance(err, OSError):
+            log.info("%s: event subscription to %s: %r", self.node, self.url, err)
+            return NodeUnreachableError(
+                self.node,
+                f"Docker engine at {self.url}: its answer to the event subscription is "
+                f"not understood ({_ENGINE_HINTS['other']}).",
+            )
+        return await self._explain(err, "subscribe to events", self.connect_timeout, ssl_context)
 
 
 async def _as_dict(awaitable: Awaitable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from fliswarm.docker.ping import PING_GRACE
 from fliswarm.docker.ping import ping as _ping
 from fliswarm.docker.report import report_engine
 from fliswarm.exceptions import (
+    DockerAPIError,
     FliswarmError,
     NodeTLSError,
     NodeUnreachableError,
@@ -175,14 +176,28 @@ class Node:
 
         alive, docker = await self.probe()
         if not docker:
-            why = "" if alive else " (and the node does not answer ping)"
             failure = self.engine.last_failure
             if isinstance(failure, NodeTLSError):
                 raise failure
-            detail = f": {failure.message}" if failure is not None else "."
-            raise NodeUnreachableError(
-                self.name, f"Docker engine at {self.daemon_addr} is not answering{why}{detail}"
-            )
+            if not alive:
+                message = (
+                    f"Docker engine at {self.daemon_addr} is not answering and the node "
+                    f"({self.addr}) does not answer ping: check that it is powered on and on "
+                    f"the network (fliswarm reboot --hard -n {self.name} power-cycles it)."
+                )
+            elif isinstance(failure, DockerAPIError):
+                message = (
+                    f"Docker engine at {self.daemon_addr} is not answering as an engine "
+                    f"should: {failure.message}"
+                )
+            elif failure is not None:
+                message = failure.message  # Says that it is not answering, and why.
+            else:
+                message = (
+                    f"Docker engine at {self.daemon_addr} is not answering: check that "
+                    "dockerd runs on the node."
+                )
+            raise NodeUnreachableError(self.name, message)
 
     async def client_alive(self) -> bool:
         """Whether the Docker engine answers ``/_ping`` within ``connect_timeout``."""
@@ -357,7 +372,9 @@ class Node:
         for vname, volume in zip(volumes, found, strict=True):
             if volume is None:
                 raise VolumeNotFoundError(
-                    self.name, f"volume {vname!r} does not exist; create it first."
+                    self.name,
+                    f"volume {vname} does not exist on the node; create it first (fliswarm "
+                    "reconnect creates the configured volumes).",
                 )
             try:
                 mounts[vname] = mount_target((volume.get("Options") or {}).get("device"), vname)

@@ -4,12 +4,17 @@ Several logical nodes may run on one Docker engine (one flicamera container and 
 `report_engine` reports all the nodes of one engine with one probe, one container list and
 one volume list: the work per node is writing its keywords. Per node, in this order:
 
-- a warning if the node does not answer ``ping`` and one if its engine does not answer (with
-  the reason, e.g. a TLS problem), then ``node={name, addr, daemon_addr, node_alive,
-  docker_alive}`` (info);
-- if the engine answers: ``container={name, short_id}`` (debug; ``NA`` with a warning when
+- a warning if the node does not answer ``ping`` and one if its engine does not answer, then
+  one that names the node, says why (e.g. a TLS problem) and what to do; then ``node={name,
+  addr, daemon_addr, node_alive, docker_alive}`` (info);
+- if the engine answers: ``container={name, short_id}`` (debug; ``NA`` with warnings when
   no or several fliswarm containers run for the node) and one ``volume={name, volume,
-  present, device}`` per volume (debug; a warning for a missing one).
+  present, device}`` per volume (debug; warnings for a missing one).
+
+The warnings sdss-fliswarm 0.7 wrote (``Node <addr> is not pinging back.``, ``Docker client
+on node <addr> is not connected.``, ``No containers running on <addr>.``, ``Volume <volume>
+not present in <node>.``) are kept word for word, since operators' scripts may match them;
+each is followed by a line that starts with the node's name and says what to do.
 
 The keywords are fliswarm's own (``etc/keywords.json``, checked by the tests); they are
 written without CLU's per-line schema validation.
@@ -58,41 +63,77 @@ async def _lists(node: Node) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
 
 async def _answered(
     node: Node, ping_timeout: float, lists: asyncio.Future[Any]
-) -> tuple[bool, bool, str | None]:
-    """Node alive, engine alive and why not: the lists answering at once prove both.
+) -> tuple[bool, bool, str | None, bool]:
+    """Node alive, engine alive, why not and whether that is a TLS problem: the lists
+    answering at once prove both alive.
 
     An engine that answers the lists within `.ping.PING_GRACE` (even with an API error) is
     alive, and so is its node, without an ICMP echo. Otherwise the node is probed
     (`.Node.probe`) while the lists go on: a node that does not answer the echo is down,
-    at once.
+    at once. A TLS failure of the lists is the reason given, whatever the probe's own
+    failure says (the most specific of the engine's answers).
     """
 
     done, _ = await asyncio.wait({lists}, timeout=PING_GRACE)
     if lists in done and not isinstance(lists.exception(), _NO_ANSWER):
-        return True, True, None
+        return True, True, None, False
     node_alive, docker_alive = await node.probe(ping_timeout, grace=0.0, wait=False)
-    return node_alive, docker_alive, None if docker_alive else node.engine.last_error
+    if docker_alive:
+        return node_alive, docker_alive, None, False
+    failure = getattr(node.engine, "last_failure", None)
+    if lists.done() and not lists.cancelled() and isinstance(lists.exception(), NodeTLSError):
+        failure = lists.exception()
+    if isinstance(failure, NodeError):
+        return node_alive, False, failure.message, isinstance(failure, NodeTLSError)
+    return node_alive, False, node.engine.last_error, False
 
 
 def _discard(task: asyncio.Future[Any]) -> None:
     """Cancels a task whose result is not wanted (retrieving its exception, if any)."""
 
-    if task.done():
-        if not task.cancelled():
-            task.exception()
-    else:
-        task.cancel()
+    task.add_done_callback(_retrieve)
+    task.cancel()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Retrieves a discarded task's exception: a task that turns its cancellation into an
+    error (an engine call failing as it is cancelled) would otherwise log a traceback."""
+
+    if not task.cancelled():
+        task.exception()
+
+
+def _down_text(node: Node, node_alive: bool, error: str | None, tls: bool) -> str:
+    """The line that says why a node's engine does not answer, and what to do."""
+
+    name = node.name
+    if tls or (node_alive and error):
+        return f"{name}: {error}"
+    if not node_alive:
+        return (
+            f"{name} ({node.addr}) does not answer ping, nor does its Docker engine: check that "
+            f"the node is powered on and on the network (fliswarm reboot --hard -n {name} "
+            "power-cycles it)."
+        )
+    return (
+        f"{name}: Docker engine at {node.daemon_addr} is not answering: check that dockerd "
+        "runs on the node."
+    )
 
 
 def _write_node(
-    report: Reporter, node: Node, node_alive: bool, docker_alive: bool, error: str | None
+    report: Reporter,
+    node: Node,
+    node_alive: bool,
+    docker_alive: bool,
+    error: str | None,
+    tls: bool = False,
 ) -> None:
-    if not node_alive:
+    if not node_alive:  # 0.7's words (scripts match them); the node's name comes below.
         report.warning(text=f"Node {node.addr} is not pinging back.", validate=False)
     if not docker_alive:
         report.warning(text=f"Docker client on node {node.addr} is not connected.", validate=False)
-        if error:  # Why, in plain words (e.g. a TLS problem).
-            report.warning(text=f"{node.name}: {error}", validate=False)
+        report.warning(text=_down_text(node, node_alive, error, tls), validate=False)
     node_value = [node.name, node.addr, node.daemon_addr, node_alive, docker_alive]
     report.info(node=node_value, validate=False)
 
@@ -118,17 +159,36 @@ def _write_lists(
         result["container"] = short_id(found[0]["Id"])
         report.debug(container=[node.name, result["container"]], validate=False)
     else:
-        if not found:
+        name = node.name
+        if not found:  # 0.7's words, then the node's name and what to do.
             report.warning(text=f"No containers running on {node.addr}.", validate=False)
+            if container_name:
+                text = f"its flicamera container {container_name} is not running"
+                todo = "starts it"
+            else:
+                text, todo = "no fliswarm container is running", "starts one"
+            report.warning(
+                text=f"{name}: {text}: fliswarm reconnect -n {name} {todo}.", validate=False
+            )
         else:
             what = container_name or "fliswarm containers"
             report.warning(text=f"Multiple {what} running on node {node.addr}.", validate=False)
+            report.warning(
+                text=f"{name}: {len(found)} fliswarm containers run for the node: fliswarm "
+                f"reconnect --force -n {name} replaces them with one.",
+                validate=False,
+            )
         report.debug(container=[node.name, "NA"], validate=False)
 
     for vname in volume_names:
         volume = present.get(vname)
         if volume is None:
             report.warning(text=f"Volume {vname} not present in {node.name}.", validate=False)
+            report.warning(
+                text=f"{node.name}: volume {vname} is missing on the node: fliswarm reconnect "
+                f"-n {node.name} creates it.",
+                validate=False,
+            )
             report.debug(volume=[node.name, vname, False, "NA"], validate=False)
             result["volumes"][vname] = None
             continue
@@ -175,7 +235,7 @@ async def report_engine(
     first = nodes[0]
     lists = asyncio.ensure_future(_lists(first))
     try:
-        node_alive, docker_alive, error = await _answered(first, ping_timeout, lists)
+        node_alive, docker_alive, error, tls = await _answered(first, ping_timeout, lists)
     except BaseException:
         _discard(lists)
         raise
@@ -184,7 +244,7 @@ async def report_engine(
         for _ in nodes
     ]
     for node in nodes:
-        _write_node(report, node, node_alive, docker_alive, error)
+        _write_node(report, node, node_alive, docker_alive, error, tls)
     if not docker_alive:
         _discard(lists)
         return results
@@ -193,7 +253,9 @@ async def report_engine(
         running, present = await lists
     except NodeError as err:
         for node in nodes:
-            report.warning(text=f"{node.name}: cannot get the status: {err.message}")
+            report.warning(
+                text=f"{node.name}: cannot list its containers and volumes: {err.message}"
+            )
         return results
 
     mine: dict[str, list[dict[str, Any]]] = {node.name: [] for node in nodes}

@@ -6,6 +6,7 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING, Any
 
+from fliswarm.docker.engine import connection_problem
 from fliswarm.exceptions import FliswarmError
 
 
@@ -55,9 +56,9 @@ async def _refused(address: tuple[int, tuple[Any, ...]], timeout: float) -> str 
     try:
         await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, sockaddr), timeout)
     except asyncio.TimeoutError:
-        return "connecting timed out"
+        return "no answer in time"
     except OSError as err:
-        return str(err) or type(err).__name__
+        return connection_problem(err)[1]
     finally:
         sock.close()
     return None
@@ -97,11 +98,14 @@ async def wait_device_ready(
     while True:
         left = deadline - loop.time()
         if left <= 0:
-            reason = device.last_error
+            reason = (device.last_error or "").rstrip(".")
             if refused and not reason:
-                reason = f"cannot connect to {device.host}:{device.port}: {refused}"
+                reason = f"{device.host}:{device.port}: {refused}"
             why = f" ({reason})" if reason else ""
-            raise NotReadyError(f"flicamera did not accept connections within {timeout:g} s{why}.")
+            raise NotReadyError(
+                f"flicamera did not accept connections within {timeout:g} s{why}: "
+                f"fliswarm logs -n {node.name} shows the last lines of {container}."
+            )
         if address is not None:
             refused = await _refused(address, min(attempt_timeout, left))
         if refused is None:
@@ -114,11 +118,15 @@ async def wait_device_ready(
             last_check = loop.time()
             info = await node.engine.inspect_container(container)
             if info is None:
-                raise NotReadyError(f"container {container} disappeared.")
+                raise NotReadyError(
+                    f"container {container} disappeared while flicamera started (removed on "
+                    "the node?)."
+                )
             state = info.get("State") or {}
             if not state.get("Running"):
                 raise NotReadyError(
                     f"container {container} is {state.get('Status', 'not running')} "
-                    f"(exit code {state.get('ExitCode')}); see docker logs {container}."
+                    f"(exit code {state.get('ExitCode')}): fliswarm logs -n {node.name} shows "
+                    "its last lines."
                 )
         await asyncio.sleep(max(0.0, min(RETRY_DELAY, deadline - loop.time())))
