@@ -110,11 +110,14 @@ def test_demo_up_talk_again_and_down() -> None:
         tron_port = int(re.search(r"tron commander port: 127\.0\.0\.1:(\d+)", out)[1])
         lines = ask(tron_port, "t.t 1 fliswarm ping", "t.t 1 fliswarm :")
         assert "text=Pong." in lines[-1]
-        one_liner = next(line for line in out.splitlines() if line.startswith("  python3 -c"))
+        one_liner = f"  fliswarm send --tron 127.0.0.1:{tron_port} status"
+        assert one_liner in out.splitlines(), out
         printed = subprocess.run(
-            ["bash", "-c", one_liner], capture_output=True, text=True, timeout=30
-        ).stdout
-        assert "me.me 1 fliswarm i nodeState=gfa1,online" in printed, printed
+            ["bash", "-c", one_liner], capture_output=True, text=True, timeout=150, env=env
+        )
+        assert printed.returncode == 0, printed.stdout + printed.stderr
+        assert "i nodeState=gfa1,online," in printed.stdout, printed.stdout
+        assert printed.stdout.splitlines()[-1] == ": done", printed.stdout
         pid_file = state_dir / "fliswarm.pid"
         status = fliswarm("--pid-file", str(pid_file), "status", env=env, timeout=30)
         assert status.returncode == 0 and "fliswarm is running" in status.stdout

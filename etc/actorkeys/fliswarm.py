@@ -9,10 +9,20 @@
 
 KeysDictionary(
     "fliswarm",
-    (2, 0),
+    (2, 1),
     # fliswarm's own keywords (fliswarm/etc/keywords.json), with the values of the
     # flicamera keywords relayed under the same name.
     Key("enabledNodes", String() * (0,), help="Names of the enabled nodes."),
+    Key(
+        "runtimeDisabled",
+        String() * (0,),
+        help="Nodes the configuration's enabled_nodes enables but that are disabled at run time (disable), rather than by the configuration; kept across restarts of fliswarm in the runtime-state file next to the actor's log, until enable, enable --reset or a change of enabled_nodes. Empty when none (status, enable, disable).",
+    ),
+    Key(
+        "runtimeEnabled",
+        String() * (0,),
+        help="Nodes enabled at run time (enable) that the configuration's enabled_nodes does not enable; kept across restarts like runtimeDisabled. Empty when none (status, enable, disable).",
+    ),
     Key(
         "failedNodes",
         String() * (0,),
@@ -86,6 +96,12 @@ KeysDictionary(
         String(name="image"),
         String(help="optional: id, then any values") * (0,),
         help="image={node, image, id}: the flicamera image on a node.",
+    ),
+    Key(
+        "containerLog",
+        String(name="node"),
+        String(name="line"),
+        help="containerLog={node, line}: one line of the output (stdout and stderr, in the engine's order) of the flicamera container of a node, oldest first (logs command).",
     ),
     Key("text", String() * (0,), help="Text for humans."),
     # Keywords every CLU actor writes (clu.model.DEFAULT_SCHEMA).

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -266,18 +265,12 @@ class Demo:
 def _epilogue(demo: Demo, say: Callable[[str], None]) -> None:
     paths, port = demo.paths, demo.summary["tron_port"]
     flag = f" --instance {demo.instance}" if demo.instance else ""
-    mine = 'l.startswith("me.me 1 ")'
     say("")
     say(f"fliswarm demo is up ({demo.summary['seconds']:.0f} s). Talk to it through tron:")
     say(f"  tron commander port: 127.0.0.1:{port} (lines: <program>.<user> <id> <actor> <cmd>)")
-    say(
-        '  python3 -c \'import socket,itertools as i; f=socket.create_connection(("127.0.0.1",'
-        f'{port}),10).makefile("rw"); f.write("me.me 1 fliswarm status\\n"); f.flush(); '
-        f'[print(l,end="") for l in i.takewhile(lambda l: not ({mine} and l.split()[3] in '
-        f'":fF"), f) if {mine}]\''
-    )
-    if shutil.which("nc"):
-        say(f"  printf 'me.me 1 fliswarm status\\n' | nc -q 5 127.0.0.1 {port} | grep '^me.me 1 '")
+    say(f"  fliswarm send --tron 127.0.0.1:{port} status")
+    say(f"  fliswarm send --tron 127.0.0.1:{port} talk -c gfa expose 1")
+    say(f"  fliswarm -c {paths.config} send     # a prompt, to the actor directly")
     say(f"  fliswarm --pid-file {paths.pid_file} status      # is the daemon running?")
     say(f"  fliswarm log: {paths.log_file}")
     say(f"  configuration: {paths.config}; tron output: {paths.tron_dir}/tron.out")
