@@ -91,6 +91,7 @@ def _orig_installed(venv: Path) -> str | None:
         out = subprocess.run(
             [
                 str(python),
+                "-I",  # Isolated: not the metadata of this tree's sdss_fliswarm.egg-info in cwd.
                 "-c",
                 "import importlib.metadata as m; print(m.version('sdss-fliswarm'))",
             ],
@@ -386,8 +387,8 @@ class ActorProcess:
 
     @property
     def pid(self) -> int:
-        """The process that listens on the actor port (daemonocle may run the worker in a
-        child process even in debug mode)."""
+        """The process that listens on the actor port (the original's daemon may run the actor
+        in a child process even in debug mode)."""
 
         assert self.proc is not None
         if self._pid is None:
@@ -592,6 +593,7 @@ def machine_info() -> dict[str, str]:
     orig_clu = _version(
         [
             str(venv / "bin" / "python"),
+            "-I",
             "-c",
             "import importlib.metadata as m;print(m.version('sdss-clu'), m.version('docker'))",
         ]

@@ -10,11 +10,14 @@ import logging
 import pathlib
 from typing import TYPE_CHECKING, Any
 
+from clu.command import Command
+
 from fliswarm import __version__
 from fliswarm.camera.device import FlicameraDevice
 from fliswarm.commands import parser
 from fliswarm.compat import HardenedLegacyActor
 from fliswarm.config.settings import Settings
+from fliswarm.config.state import RuntimeState, state_path
 from fliswarm.provision import Provisioner
 from fliswarm.provision.desired import desired_node
 from fliswarm.supervision import Supervisor
@@ -48,6 +51,12 @@ class FLISwarmActor(HardenedLegacyActor):
     tron_max_delay: float = 15.0
     #: How often the tron connection is checked, in seconds.
     tron_check_interval: float = 1.0
+    #: How long fliswarm waits for the answer to the ``ping`` it sends itself through tron
+    #: after connecting, to learn whether tron is connected to it already, in seconds. tron
+    #: sleeps 1 s on each client it accepts, and they all come back at once after a restart: on
+    #: loopback, with only fliswarm and two clients, the answer took up to 3.8 s (0.05 s without
+    #: that sleep). Waiting longer costs nothing when tron is connected to fliswarm.
+    tron_probe_timeout: float = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs.setdefault("schema", str(KEYWORDS_SCHEMA))
@@ -55,6 +64,14 @@ class FLISwarmActor(HardenedLegacyActor):
         super().__init__(*args, **kwargs)
         if kwargs.get("additional_properties") and self.model is not None:
             self.model.schema["additionalProperties"] = True  # Old configurations.
+        # fliswarm's own modules (supervision, provisioning, engines) log under "fliswarm":
+        # their records go to the actor's log file too, from INFO.
+        self._log_files = [h for h in self.log.handlers if isinstance(h, logging.FileHandler)]
+        package_log = logging.getLogger("fliswarm")
+        if package_log.level == logging.NOTSET or package_log.level > logging.INFO:
+            package_log.setLevel(logging.INFO)
+        for handler in self._log_files:
+            package_log.addHandler(handler)
         #: The configuration, typed (`fliswarm.config.settings.Settings`).
         self.settings = Settings.from_config(self.config)
         self.observatory = self.settings.observatory
@@ -65,7 +82,21 @@ class FLISwarmActor(HardenedLegacyActor):
         self.parser_args = [self.nodes]
 
         self._tron_task: asyncio.Task | None = None
+        #: How often, after connecting to tron, fliswarm found tron connected to it already
+        #: (tron connects by itself, when it starts, to the actors of its ``nubs`` list).
+        self.tron_found_connected = 0
+        #: How often fliswarm asked tron to connect to it (``hub startNubs``).
+        self.tron_start_nubs_sent = 0
         self._started = False
+        #: Commands running, each with the tasks CLU started to run it (`parse_command`):
+        #: what `stop` interrupts.
+        self._in_flight: dict[Command, set[asyncio.Task]] = {}
+        #: The configuration's ``enabled_nodes`` (``enable`` and ``disable`` change
+        #: ``config["enabled_nodes"]``, not this).
+        self.configured_enabled = tuple(self.settings.enabled_nodes)
+        #: What operators changed at run time and fliswarm keeps across restarts, next to
+        #: the actor's log (`fliswarm.config.state`); read by `start`.
+        self.runtime_state = RuntimeState(state_path(kwargs.get("log_dir"), self.name))
 
         for name in self.settings.nodes:
             self.add_node(name)
@@ -228,14 +259,15 @@ class FLISwarmActor(HardenedLegacyActor):
         """Connects the nodes and devices, starts the server, tron and the timed status.
 
         Tron being absent is not an error: the actor keeps trying to connect (with a back-off
-        capped at `tron_max_delay`) and asks tron to connect back (``hub startNubs``) every time
-        the connection is made. If the server cannot start, everything is closed and the error
-        raised.
+        capped at `tron_max_delay`) and, every time the connection is made, asks tron to connect
+        back (``hub startNubs``) unless tron is connected to it already (`_register_with_tron`).
+        If the server cannot start, everything is closed and the error raised.
         """
 
         if self._started:
             return self
         self.set_loop_exception_handler()
+        self._apply_runtime_state()
         try:
             await self._connect_all()
             await self._server.start()
@@ -251,6 +283,23 @@ class FLISwarmActor(HardenedLegacyActor):
         await self.supervisor.start()
         return self
 
+    def _apply_runtime_state(self) -> None:
+        """Enables the nodes as the runtime-state file says (``enable`` and ``disable`` of an
+        earlier run); a file that cannot be read is a warning and the configuration wins."""
+
+        state = self.runtime_state
+        if not state.kept:
+            return
+        state.load()
+        enabled, problems = state.enabled_nodes(self.configured_enabled, list(self.nodes))
+        for problem in problems:
+            self.log.warning(problem)
+        for name, node in self.nodes.items():
+            node.enabled = name in enabled
+        self.config["enabled_nodes"] = enabled
+        if enabled != [name for name in self.nodes if name in self.configured_enabled]:
+            self.log.info(f"{state.path}: nodes {state.node_overrides().describe()}.")
+
     async def _connect_all(self) -> None:
         """Per enabled node, concurrently: Docker engine, then container check and device."""
 
@@ -262,7 +311,11 @@ class FLISwarmActor(HardenedLegacyActor):
         await asyncio.gather(*[one(node.name) for node in self._enabled()])
 
     async def _keep_tron(self, get_keys: bool, start_nubs: bool) -> None:
-        """Keeps the tron connection up and registers with tron each time it is made."""
+        """Keeps the tron connection up and registers with tron each time it is made.
+
+        Registering is asking tron to connect to fliswarm, only when tron is not connected to
+        fliswarm already (`_register_with_tron`).
+        """
 
         assert self.tron is not None
         tron = self.tron
@@ -280,7 +333,7 @@ class FLISwarmActor(HardenedLegacyActor):
                     registered = True
                     self.log.info(f"connected to tron at {tron.host}:{tron.port}.")
                     if start_nubs:
-                        self.send_command("hub", f"startNubs {self.name}")
+                        await self._register_with_tron()
                 elif not connected and registered:
                     registered = False
                     self.log.warning("lost the connection to tron; reconnecting.")
@@ -294,10 +347,92 @@ class FLISwarmActor(HardenedLegacyActor):
                 await asyncio.sleep(self.tron_max_delay)
             await asyncio.sleep(self.tron_check_interval)
 
-    async def stop(self) -> None:
-        """Stops the server, tron, the timed commands, devices and node clients. Never raises."""
+    async def _register_with_tron(self) -> None:
+        """Asks tron to connect to fliswarm (``hub startNubs``) unless it is connected already.
+
+        When tron starts, it connects by itself to the actors of its configuration's ``nubs``
+        list (fliswarm is in it at APO); ``hub startNubs`` drops such a connection and makes a
+        new one, losing the commands in flight on it. So fliswarm first sends itself a ``ping``
+        through tron. Answered (``:``), tron reaches fliswarm: nothing more is sent. Failed
+        (tron's ``NoTarget``: it has no connection to fliswarm), fliswarm sends ``hub startNubs``
+        at once; unanswered twice within `tron_probe_timeout` (tron mislabels commands to an
+        actor until it has read its first line, or its connection leads nowhere), too. tron runs
+        no client's command before it has connected to the actors of its ``nubs`` list, so the
+        answer is never early. Returns without registering if the tron connection drops.
+        """
+
+        assert self.tron is not None
+        tron = self.tron
+        for _ in range(2):
+            if not tron.connected():
+                return
+            sent = asyncio.get_running_loop().time()
+            probe = tron.send_command(self.name, "ping")
+            try:
+                await asyncio.wait_for(probe, self.tron_probe_timeout)
+            except asyncio.TimeoutError:
+                for mid, command in list(tron.running_commands.items()):
+                    if command is probe:  # Never answered: not kept for good.
+                        tron.running_commands.pop(mid, None)
+                self.log.warning(
+                    f"no answer from tron to a ping to {self.name} within "
+                    f"{self.tron_probe_timeout} s."
+                )
+                continue
+            if probe.status.did_succeed:
+                elapsed = asyncio.get_running_loop().time() - sent
+                self.tron_found_connected += 1
+                self.log.info(
+                    f"tron is connected to {self.name} already (ping through tron answered in "
+                    f"{elapsed:.3f} s); not sending hub startNubs."
+                )
+                return
+            break
+        if not tron.connected():
+            return
+        self.log.info(f"asking tron to connect to {self.name} (hub startNubs {self.name}).")
+        self.send_command("hub", f"startNubs {self.name}")
+        self.tron_start_nubs_sent += 1
+
+    def parse_command(self, command: Any) -> Any:
+        """Runs a command (CLU's `~clu.base.BaseActor.parse_command`), kept in flight until
+        done together with the tasks started to run it, so that `stop` can interrupt it."""
+
+        try:
+            before = asyncio.all_tasks()
+        except RuntimeError:  # No running loop: CLU runs nothing concurrently.
+            return super().parse_command(command)
+        result = super().parse_command(command)
+        if isinstance(command, Command) and not command.done():
+            self._in_flight[command] = asyncio.all_tasks() - before
+            command.add_done_callback(lambda done: self._in_flight.pop(done, None))
+        return result
+
+    async def stop(self, reason: str = "fliswarm is stopping") -> None:
+        """Stops the server, tron, the timed commands, devices and node clients. Never raises.
+
+        New connections are refused first. Commands still running then fail at once
+        (``f``, ``error="<reason>; the command was interrupted."``) while their users are
+        still connected, and their tasks are cancelled and waited for (at most 5 s); then
+        the rest stops.
+        """
 
         self._started = False
+        with contextlib.suppress(Exception):
+            if self._server.serving:
+                self._server.stop()
+        running: set[asyncio.Task] = set()
+        for command, tasks in list(self._in_flight.items()):
+            with contextlib.suppress(Exception):
+                if not command.status.is_done:
+                    command.fail(error=f"{reason}; the command was interrupted.")
+            running |= {task for task in tasks if not task.done()}
+        self._in_flight.clear()
+        for task in running:
+            task.cancel()
+        if running:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(running, timeout=5)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.supervisor.stop(), 10)
         if self._tron_task is not None:
@@ -310,18 +445,15 @@ class FLISwarmActor(HardenedLegacyActor):
                 self.tron.stop()
         with contextlib.suppress(Exception):
             await self.timed_commands.stop()
-        with contextlib.suppress(Exception):
-            if self._server.serving:
-                self._server.stop()
         for transport in list(self.transports.values()):
             with contextlib.suppress(Exception):
                 transport.close()
         await self._close_connections()
         # The actor's own log file (``log_dir``): a stopped actor keeps no file open.
-        for handler in list(getattr(self.log, "handlers", [])):
-            if isinstance(handler, logging.FileHandler):
-                with contextlib.suppress(Exception):
-                    handler.close()
+        for handler in self._log_files:
+            logging.getLogger("fliswarm").removeHandler(handler)
+            with contextlib.suppress(Exception):
+                handler.close()
 
     async def _close_connections(self) -> None:
         async def close_node(node: Any) -> None:

@@ -48,6 +48,8 @@ def bed_config(bed: Testbed, image: str, path: Path, **extra: Any) -> Path:
     """A fliswarm configuration file for the bed (power devices ``outlet-<node>``)."""
 
     config = bed.fliswarm_config(image)
+    # A log folder of its own: the runtime state (enable/disable) is kept next to the log.
+    config["actor"]["log_dir"] = str(path.parent / "logs")
     config["timeouts"] = {
         "docker_connect": 1,
         "docker_request": 15,

@@ -340,9 +340,10 @@ async def test_reconnect_unreachable_docker_fails_in_bounded_time(client: ActorC
 
 
 async def test_reboot_errors_without_power_or_ssh(client: ActorClient):
-    hard = await client.command("reboot --hard -n gfa1", 5)
-    assert hard.code == "f", str(hard)
-    assert "gfa1: no power section in the configuration." in hard.texts()
+    for option in ("--hard", "-f"):  # -f: 0.7's short form of --hard
+        hard = await client.command(f"reboot {option} -n gfa1", 5)
+        assert hard.code == "f", str(hard)
+        assert "gfa1: no power section in the configuration." in hard.texts()
 
     # Nothing listens on port 22 of 127.0.0.1 (the nodes' host): ssh fails cleanly, refused
     # (checked below), not at its timeout.

@@ -278,11 +278,21 @@ async def test_talk_through_tron_and_tron_restart(
         for fits_path in bundle:
             assert await asyncio.to_thread(fits_ok, fits_path)
 
+        assert (actor.tron_start_nubs_sent, actor.tron_found_connected) == (1, 0)
+
+        # This tron does not connect to fliswarm by itself (fliswarm is not in its nubs list):
+        # fliswarm finds it so (its ping through tron fails) and registers again.
         await hub.restart()
         client = await tron_client_factory(hub)
         t0 = time.monotonic()
-        await tron_ready(client, "fliswarm", 20)  # Registered again, by itself.
+        await tron_ready(client, "fliswarm", 20)
         print(f"re-registered {time.monotonic() - t0:.1f} s after tron restarted")
+        assert (actor.tron_start_nubs_sent, actor.tron_found_connected) == (2, 0)
+        commander = actor.tron.commander
+        from_fliswarm = [
+            (c.actor, c.command) for c in hub.received_commands() if c.cid == commander
+        ]
+        assert from_fliswarm == [("fliswarm", "ping"), ("hub", "startNubs fliswarm")]
         reply = await client.send("talk -n gfa1 status", actor="fliswarm", timeout=15)
         assert reply.ok and reply.values("status")[0] == "gfa1"
     finally:

@@ -405,8 +405,9 @@ async def test_fits_files_survive_every_fault(site: Site, testbed_faults: Any):
     await site.check("a node power-on")
     await site.expose(["gfa2"])
 
-    # 4. fliswarm itself stopped mid-exposure: its client is disconnected, the containers run
-    # on and flicamera finishes and writes the images; the new actor adopts the containers.
+    # 4. fliswarm itself stopped mid-exposure: the talk fails ("fliswarm is stopping") and the
+    # client is disconnected; the containers run on and flicamera finishes and writes the
+    # images; the new actor adopts the containers.
     flight = await site.in_flight(names)
     client, actor = site.client, site.actor
     assert client is not None and actor is not None
@@ -418,7 +419,11 @@ async def test_fits_files_survive_every_fault(site: Site, testbed_faults: Any):
         with pytest.raises(TimeoutError):
             await client.wait_for(lambda line: False, TALK_END)
         assert not client.connected
-        for line in flight.lines():
+        # The talk in flight is failed, saying why, before the connection closes; no file
+        # is claimed for it (flicamera finishes the exposures on its own, below).
+        *lines, last = flight.lines()
+        assert last.code == "f" and "fliswarm is stopping" in " ".join(last.values("error"))
+        for line in lines:
             assert line.code not in FINISH_CODES and "filename" not in line.keywords, line.raw
             assert "filename_bundle" not in line.keywords, line.raw
     finally:

@@ -395,4 +395,5 @@ def test_modulefile():
             [tclsh], input=stub, capture_output=True, text=True, timeout=10, check=True
         )
         assert f"prepend PATH=/home/sdss5/software/fliswarm/{files[0].name}/bin" in proc.stdout
-        assert "setenv FLISWARM_PID_FILE=/home/x/.fliswarm/fliswarm.pid" in proc.stdout
+        # Every recipe uses the one default pid file (0.7's /var/tmp/actor.pid): none sets its own.
+        assert "FLISWARM_PID_FILE" not in proc.stdout

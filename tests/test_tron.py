@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 import pytest
 from clu import LegacyActor
 from clu.parsers.click import CluGroup, ping, version
+from helpers_actor import tron_ready, write_config
 
+from fliswarm.actor import FLISwarmActor
 from fliswarm_testbed.tron import (
+    TronClient,
     TronError,
     TronHub,
     TronTimeoutError,
@@ -116,6 +121,8 @@ def test_rejects_non_loopback():
     with pytest.raises(ValueError):
         TronHub(actors={"fliswarm": ("192.168.1.10", 19996)})
     TronHub(actors={"fliswarm": ("10.250.1.2", 19996)})  # A test-bed node is fine.
+    with pytest.raises(ValueError, match="not among the actors"):
+        TronHub(actors={"fliswarm": ("127.0.0.1", 19996)}, nubs=["ghost"])
 
 
 async def test_command_through_tron(hub: TronHub, tron_client_factory: ClientFactory):
@@ -237,3 +244,112 @@ async def test_port_in_use_fails_clearly(tmp_path):
         port = busy.getsockname()[1]
         with pytest.raises(TronError, match="(?s)could not listen.*Address already in use"):
             await TronHub.start(log_dir=tmp_path, port=port, timeout=20)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Waits until ``condition()`` is true, checking every 10 ms; `TimeoutError` after."""
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_nubs_started_by_tron_itself(
+    echo_actor: LegacyActor, tron_hub_factory: HubFactory, tron_client_factory: ClientFactory
+):
+    # An actor in tron's "nubs" list is connected by tron when it starts, and when it restarts.
+    hub = await tron_hub_factory({ACTOR: ("127.0.0.1", echo_actor.port)}, nubs=[ACTOR])
+    client = await tron_client_factory(hub)
+    reply = await client.send("echo no startNubs", actor=ACTOR, timeout=10)
+    assert reply.ok and reply["echoed"] == "no startNubs"
+
+    await hub.restart()
+    client = await tron_client_factory(hub)
+    reply = await client.send("echo still none", actor=ACTOR, timeout=10)
+    assert reply.ok and reply["echoed"] == "still none"
+
+    received = hub.received_commands()  # Since the restart: wait_ready's hub version, ours.
+    assert {c.command for c in received if c.actor == "hub"} == {"version"}
+    assert [(c.cid, c.actor, c.command) for c in received if c.actor != "hub"] == [
+        (client.cid, ACTOR, "echo still none")
+    ]
+    assert hub.hub_log().count(f"starting Nub {ACTOR}...") == 1
+
+
+async def test_fliswarm_across_tron_restart(
+    tmp_path: Path, tron_hub_factory: HubFactory, tron_client_factory: ClientFactory
+):
+    """tron restarts and connects to fliswarm by itself (fliswarm is in its nubs list, as at
+    APO) while users keep sending commands through it: fliswarm does not ask tron to connect
+    again (``hub startNubs`` would drop that connection and the commands in flight on it), and
+    every command sent once tron is back finishes with ``:``."""
+
+    actor_port = free_port()
+    # tron starts before fliswarm listens: its own connection fails and fliswarm registers.
+    hub = await tron_hub_factory({"fliswarm": ("127.0.0.1", actor_port)}, nubs=["fliswarm"])
+    path = write_config(
+        tmp_path / "fliswarm.yaml",
+        actor_port,
+        {"gfa1": free_port()},
+        ["gfa1"],
+        actor={"tron_host": hub.host, "tron_port": hub.commander_port},
+    )
+    actor = FLISwarmActor.from_config(str(path))
+    actor.tron_max_delay = 1.0
+    await actor.start()
+    try:
+        client = await tron_client_factory(hub)
+        await tron_ready(client, "fliswarm", 20)
+        assert (actor.tron_start_nubs_sent, actor.tron_found_connected) == (1, 0)
+        commander = actor.tron.commander
+        assert (commander, "hub", "startNubs fliswarm") in [
+            (c.cid, c.actor, c.command) for c in hub.received_commands()
+        ]
+
+        await hub.restart()
+        back = time.monotonic()
+        client = await tron_client_factory(hub)
+        sent: list[tuple[float, str]] = []  # (sent after tron was back, "lost" or final code)
+        done = asyncio.Event()
+
+        async def user(client: TronClient) -> None:
+            while not done.is_set():
+                at = time.monotonic() - back
+                try:
+                    reply = await client.send("ping", actor="fliswarm", timeout=10)
+                    sent.append((at, reply.code))
+                except TronTimeoutError:
+                    sent.append((at, "lost"))
+
+        users = [asyncio.create_task(user(client)) for _ in range(3)]
+        try:
+            # fliswarm reconnects to tron (its own back-off) and finds tron connected to it.
+            await wait_until(
+                lambda: actor.tron_found_connected + actor.tron_start_nubs_sent > 1,
+                30,
+                "fliswarm connected to tron again",
+            )
+            reconnected = time.monotonic() - back
+            answered = len(sent)
+            await wait_until(lambda: len(sent) >= answered + 30, 30, "30 more commands")
+        finally:
+            done.set()
+            await asyncio.gather(*users)
+
+        failed = [(round(at, 2), code) for at, code in sent if code != ":"]
+        print(
+            f"{len(sent)} commands through tron from its restart; fliswarm reconnected to tron "
+            f"{reconnected:.2f} s after tron was back; commands work again "
+            f"{max((at for at, _ in failed), default=0.0):.2f} s after tron is back"
+        )
+        assert failed == [], f"commands sent after tron was back that did not finish: {failed}"
+        assert (actor.tron_start_nubs_sent, actor.tron_found_connected) == (1, 1)
+        from_fliswarm = [
+            (c.actor, c.command) for c in hub.received_commands() if c.cid == commander
+        ]
+        assert from_fliswarm == [("fliswarm", "ping")]  # Its check only: no hub startNubs.
+        assert hub.hub_log().count("starting Nub fliswarm...") == 1  # tron's own, at start.
+    finally:
+        await actor.stop()

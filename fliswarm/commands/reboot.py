@@ -102,13 +102,13 @@ async def ssh_reboot(argv: list[str], timeout: float) -> str | None:
     """Runs the ssh argv with a time limit; returns why it failed, or `None`."""
 
     if shutil.which(argv[0]) is None:
-        return f"cannot run {argv[0]!r}: not found."
+        return f"cannot run {argv[0]}: it is not installed on the manager (openssh-client)."
     try:
         proc = await subprocess_run_async(*argv, timeout=timeout)
     except asyncio.TimeoutError:
         return f"ssh did not finish within {timeout:g} s (the node may be rebooting)."
     except OSError as err:
-        return f"cannot run ssh: {err}"
+        return f"cannot run ssh: {(err.strerror or str(err)).lower()}."
     return ssh_outcome(proc.returncode or 0, getattr(proc, "stderr_data", b""))
 
 
@@ -135,7 +135,8 @@ async def power_command(
     try:
         cmd = command.actor.send_command(target, command_string)
     except Exception as err:
-        return f"cannot send '{target} {command_string}': {err}"
+        text = str(err).rstrip(".") or "see fliswarm's log"
+        return f"cannot send '{target} {command_string}' through tron: {text}."
     try:
         await asyncio.wait_for(asyncio.shield(cmd), timeout)
     except asyncio.TimeoutError:
@@ -233,7 +234,12 @@ async def _hard(command: FLISwarmCommand, selected: list[str], off_time: float) 
 @parser.command()
 @click.option("-n", "--names", type=str, help="Comma-separated nodes to reboot.")
 @click.option("-c", "--category", type=str, help="Category of nodes to reboot (gfa, fvc).")
-@click.option("--hard", is_flag=True, help="Power-cycle the nodes through the power actor.")
+@click.option(
+    "--hard",
+    "-f",
+    is_flag=True,
+    help="Power-cycle the nodes through the power actor (-f: 0.7's short form).",
+)
 @click.option(
     "--off-time",
     type=click.FloatRange(min=0, max=600),

@@ -12,14 +12,15 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from fliswarm_testbed.tron_client import (
     TronClient,
@@ -35,6 +36,7 @@ from fliswarm_testbed.tron_wrapper import WRAPPER_SOURCE, tron_package_dir
 
 __all__ = [
     "TronHub",
+    "TronCommand",
     "TronClient",
     "TronReply",
     "TronLine",
@@ -48,6 +50,21 @@ __all__ = [
 
 _hub_ids = itertools.count(1)
 
+# How tron's hub log records each command it receives (tron.hub.addCommand, Command.__str__).
+_COMMAND_LOG = re.compile(
+    r"hub\.addCommand new cmd=Command\(xid=\d+, cmdr=\S+, cmdrCid=(?P<cid>\S+), "
+    r"cmdrMid=(?P<mid>\S+), actor=(?P<actor>\S+), cmd=(?P<command>.*)\)$"
+)
+
+
+class TronCommand(NamedTuple):
+    """A command tron received, as its hub log records it."""
+
+    cid: str
+    mid: str
+    actor: str
+    command: str
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Returns a TCP port that is free on ``host`` right now."""
@@ -60,8 +77,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class TronHub:
     """A real tron hub in a subprocess, listening on one loopback address only.
 
-    Use `TronHub.start`. Only the ``client`` nub is started at launch; actor nubs are started by
-    clients with ``hub startNubs <name>`` (`TronClient.start_nubs`).
+    Use `TronHub.start`. By default only the ``client`` nub is started at launch; actor nubs are
+    started by clients with ``hub startNubs <name>`` (`TronClient.start_nubs`). Actors named in
+    ``nubs`` are connected by tron itself at every launch (and `restart`), as the observatories'
+    configurations do for their actors.
 
     Parameters
     ----------
@@ -82,6 +101,10 @@ class TronHub:
         Set ``TCP_NODELAY`` on tron's client and actor sockets (saves ~40 ms per command).
     init_cmds
         Commands the generic nubs send to an actor on connection.
+    nubs
+        Actors (keys of ``actors``) that tron connects to by itself when it starts: its
+        configuration's ``nubs`` list after ``client``. An actor not listening then is only
+        reported in tron's output (``FAILED to start nub <name>``).
     """
 
     def __init__(
@@ -93,9 +116,14 @@ class TronHub:
         fast_accept: bool = True,
         nodelay: bool = True,
         init_cmds: tuple[str, ...] = ("ping", "status"),
+        nubs: Sequence[str] = (),
     ):
         check_host(host, loopback_only=True)
         self.actors = dict(actors or {})
+        unknown = set(nubs) - set(self.actors)
+        if unknown:
+            raise ValueError(f"nubs {sorted(unknown)} are not among the actors.")
+        self.nubs = tuple(nubs)
         for name, (actor_host, actor_port) in self.actors.items():
             if not name.isidentifier():
                 raise ValueError(f"invalid actor name {name!r}.")
@@ -191,6 +219,31 @@ class TronHub:
             return "<no tron output>"
         return "\n".join(text.splitlines()[-lines:])
 
+    def hub_log(self) -> str:
+        """tron's own log (``logs/hub/``) since it last started; ``""`` before the first start.
+
+        tron names each log file after its start time (to the second) and writes it line by
+        line, so the newest file is that of the running (or last) hub.
+        """
+
+        if self._log_dir is None:
+            return ""
+        files = sorted((self._log_dir / "logs" / "hub").glob("????-??-??T*.log"))
+        return files[-1].read_text(errors="replace") if files else ""
+
+    def received_commands(self) -> list[TronCommand]:
+        """The commands tron received since it last started (from `hub_log`), oldest first."""
+
+        commands = []
+        for line in self.hub_log().splitlines():
+            match = _COMMAND_LOG.search(line)
+            if match:
+                text = match["command"]
+                if len(text) >= 2 and text[0] == text[-1] == '"':  # tron's Misc.qstr.
+                    text = re.sub(r"\\(.)", r"\1", text[1:-1])
+                commands.append(TronCommand(match["cid"], match["mid"], match["actor"], text))
+        return commands
+
     def _write_config(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         (self.log_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -199,7 +252,12 @@ class TronHub:
             name: {"host": host, "port": int(port), "actorName": name}
             for name, (host, port) in self.actors.items()
         }
-        local = {"nubs": ["client"], "actors": actors, "httpHost": "localhost", "httpRoot": "/"}
+        local = {
+            "nubs": ["client", *self.nubs],
+            "actors": actors,
+            "httpHost": "localhost",
+            "httpRoot": "/",
+        }
         (self.config_dir / "hub.json").write_text(json.dumps(hub_cfg, indent=2))
         (self.config_dir / "local.json").write_text(json.dumps(local, indent=2))
         (self.config_dir / "tron_wrapper.py").write_text(WRAPPER_SOURCE)
@@ -307,7 +365,10 @@ class TronHub:
         return code
 
     async def restart(self, timeout: float = 30.0) -> None:
-        """Stops and starts tron again on the same ports; actor nubs must be started again."""
+        """Stops and starts tron again on the same ports.
+
+        tron connects by itself only to the actors in ``nubs``; others must be started again.
+        """
 
         own_dir, self._own_dir = self._own_dir, False
         try:
