@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("supervision", ["fliswarm.supervision"]),
     ("commands", ["fliswarm.commands"]),
     ("actor", ["fliswarm.actor"]),
-    ("cli", ["fliswarm.daemon", "fliswarm.__main__"]),
+    ("cli", ["fliswarm.daemon", "fliswarm.__main__", "fliswarm.client"]),
 ]
 
 
@@ -129,7 +129,7 @@ def test_the_wheel_holds_the_runtime_package_only(tmp_path: Path):
 
     source = tmp_path / "source"  # A copy: an in-tree build would leave build/ behind.
     shutil.copytree(ROOT / "fliswarm", source / "fliswarm", ignore=shutil.ignore_patterns("*.pyc"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     wheel_dir = tmp_path / "wheel"
     pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir)]
@@ -141,7 +141,8 @@ def test_the_wheel_holds_the_runtime_package_only(tmp_path: Path):
         env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"),
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    [wheel] = wheel_dir.glob("fliswarm-*.whl")
+    [wheel] = wheel_dir.glob("sdss_fliswarm-*.whl")  # The distribution of 0.7: sdss-fliswarm.
     names = zipfile.ZipFile(wheel).namelist()
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names), names
     assert "fliswarm/actor.py" in names and "fliswarm/etc/config.schema.json" in names
     assert not [name for name in names if "testbed" in name or "demo" in name], names

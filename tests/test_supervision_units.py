@@ -19,7 +19,11 @@ from fliswarm.docker.containers import (
     config_hash,
     container_body,
     image_reference,
+    made_by_0_7,
+    made_by_fliswarm,
 )
+from fliswarm.docker.launch import check_managed
+from fliswarm.exceptions import ContainerConflictError
 from fliswarm.provision import Provisioner
 from fliswarm.provision.desired import (
     container_drift,
@@ -255,6 +259,33 @@ def test_drift_detection() -> None:
     assert why is not None and "000000000000" in why
     assert "no config hash" in (container_drift(info({LABEL_MANAGED: "true"}), desired) or "")
     assert container_drift(info({}), desired) is None  # not ours: never called drifted
+
+
+def test_containers_of_0_7_are_fliswarm_s_and_drifted() -> None:
+    """After an upgrade in place, 0.7's containers (no labels; privileged, ``--rm``,
+    ``ACTOR_NAME=<node>``) are fliswarm's, drifted; a look-alike without them is not."""
+
+    desired = desired_node(make_actor().settings, "gfa1")
+    of_07 = {
+        "Id": "abc",
+        "Config": {"Labels": {}, "Env": ["ACTOR_NAME=gfa1", "OBSERVATORY=APO"]},
+        "HostConfig": {"Privileged": True, "AutoRemove": True},
+    }
+    assert made_by_0_7(of_07, "gfa1") and made_by_fliswarm(of_07, "gfa1")
+    assert "sdss-fliswarm 0.7 made it" in (container_drift(of_07, desired) or "")
+    check_managed("gfa1", of_07, "flicamera-gfa1")  # no ContainerConflictError
+    assert not made_by_0_7(of_07, "gfa2")  # another node's
+    for change in (
+        {"HostConfig": {"Privileged": True, "AutoRemove": False}},
+        {"HostConfig": {"Privileged": False, "AutoRemove": True}},
+        {"Config": {"Labels": {}, "Env": []}},
+        {"Config": {"Labels": {LABEL_MANAGED: "false"}, "Env": ["ACTOR_NAME=gfa1"]}},
+    ):
+        other = of_07 | change
+        assert not made_by_fliswarm(other, "gfa1"), change
+        assert container_drift(other, desired) is None
+        with pytest.raises(ContainerConflictError, match="not created by fliswarm"):
+            check_managed("gfa1", other, "flicamera-gfa1")
 
 
 # ------------------------------------------------------------ scheduling (no hot loop)

@@ -29,6 +29,9 @@ __all__ = [
     "managed_labels",
     "container_body",
     "short_id",
+    "made_by_0_7",
+    "made_by_fliswarm",
+    "auto_removed",
 ]
 
 
@@ -284,3 +287,37 @@ def short_id(container_id: str) -> str:
     """The 12-character short id of a container (as ``docker ps`` shows it)."""
 
     return container_id.removeprefix("sha256:")[:12]
+
+
+def made_by_0_7(info: Mapping[str, Any], node: str) -> bool:
+    """Whether a container (inspect data) is one sdss-fliswarm 0.7 ran for ``node``.
+
+    0.7 labelled nothing; its flicamera containers are privileged, removed by the engine
+    when they stop (``docker run --rm``) and have ``ACTOR_NAME=<node>`` in their
+    environment. After an upgrade in place they are fliswarm's (drifted: no config hash),
+    not containers of someone else in the way.
+    """
+
+    config = info.get("Config") or {}
+    host = info.get("HostConfig") or {}
+    return (
+        LABEL_MANAGED not in (config.get("Labels") or {})
+        and f"ACTOR_NAME={node}" in (config.get("Env") or [])
+        and bool(host.get("Privileged"))
+        and bool(host.get("AutoRemove"))
+    )
+
+
+def made_by_fliswarm(info: Mapping[str, Any], node: str) -> bool:
+    """Whether a container (inspect data) was made by fliswarm for ``node``: labelled
+    `LABEL_MANAGED` by this version, or run by sdss-fliswarm 0.7 (`made_by_0_7`)."""
+
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    return labels.get(LABEL_MANAGED) == "true" or made_by_0_7(info, node)
+
+
+def auto_removed(info: Mapping[str, Any]) -> bool:
+    """Whether the engine removes the container when it stops (0.7's ``--rm``): such a
+    container cannot be given a restart policy."""
+
+    return bool((info.get("HostConfig") or {}).get("AutoRemove"))

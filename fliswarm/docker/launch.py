@@ -12,6 +12,7 @@ from fliswarm.docker.containers import (
     LABEL_MANAGED,
     LABEL_NODE,
     container_body,
+    made_by_fliswarm,
     short_id,
 )
 from fliswarm.docker.engine import Engine
@@ -30,10 +31,10 @@ USB_MEMO_SECONDS = 600.0
 
 
 def check_managed(node: str, info: Mapping[str, Any], name: str) -> None:
-    """Raises `.ContainerConflictError` if a container was not created by fliswarm."""
+    """Raises `.ContainerConflictError` if a container was not created by fliswarm (this
+    version or 0.7: `.made_by_fliswarm`)."""
 
-    labels = (info.get("Config") or {}).get("Labels") or {}
-    if labels.get(LABEL_MANAGED) != "true":
+    if not made_by_fliswarm(info, node):
         raise ContainerConflictError(
             node,
             f"a container named {name!r} ({short_id(info['Id'])}) exists but was not "

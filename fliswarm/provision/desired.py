@@ -17,6 +17,7 @@ from fliswarm.docker.containers import (
     canonical_config,
     config_hash,
     image_reference,
+    made_by_0_7,
     mount_target,
 )
 
@@ -169,14 +170,19 @@ def container_drift(info: Mapping[str, Any], desired: DesiredNode) -> str | None
     """
 
     labels = (info.get("Config") or {}).get("Labels") or {}
+    if made_by_0_7(info, desired.name):
+        return "sdss-fliswarm 0.7 made it (without fliswarm's labels)"
     if labels.get(LABEL_MANAGED) != "true" or desired.config_hash is None:
         return None
     found = labels.get(LABEL_CONFIG_HASH)
     if found == desired.config_hash:
         return None
     if not found:
-        return "the container has no config hash label"
-    return f"config hash {found[:12]} differs from the configured {desired.config_hash[:12]}"
+        return "the container has no config hash label: an older fliswarm made it"
+    return (
+        f"made from other settings than the configuration's: config hash {found[:12]}, "
+        f"configured {desired.config_hash[:12]}"
+    )
 
 
 def engine_restart_policy(policy: str, self_healing: bool = True) -> dict[str, object]:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fliswarm.docker.containers import short_id
+from fliswarm.docker.containers import auto_removed, short_id
+from fliswarm.docker.engine import connection_problem
 from fliswarm.docker.launch import check_managed
 from fliswarm.exceptions import FliswarmError, NodeError
 from fliswarm.tools import Reporter
@@ -42,6 +44,8 @@ __all__ = [
     "Request",
     "Result",
 ]
+
+log = logging.getLogger("fliswarm.provision")
 
 
 class ProvisionError(FliswarmError):
@@ -92,10 +96,23 @@ class Result:
     joined: bool = False
 
 
-def _reason(err: BaseException) -> str:
+def _reason(name: str, err: BaseException) -> str:
+    """Why provisioning failed, in the words of fliswarm's errors (the node is named by the
+    caller); the Python error itself goes to the log."""
+
+    log.info("%s: provisioning failed: %r", name, err)
     if isinstance(err, NodeError):
         return err.message
-    return str(err) or type(err).__name__
+    if isinstance(err, asyncio.TimeoutError):
+        return "a step did not finish in time (the details are in fliswarm's log)"
+    text = str(err).strip()
+    if text.startswith(f"{name}: "):
+        text = text[len(name) + 2 :]
+    if text:
+        return text
+    if isinstance(err, OSError):
+        return connection_problem(err)[1]
+    return "failed (the details are in fliswarm's log)"
 
 
 class Provisioner:
@@ -180,7 +197,7 @@ class Provisioner:
         try:
             return await self._steps(node, device, desired, request, report, joined)
         except (FliswarmError, ConnectionError, asyncio.TimeoutError) as err:
-            raise ProvisionError(name, _reason(err)) from err
+            raise ProvisionError(name, _reason(name, err)) from err
 
     async def _steps(
         self,
@@ -264,7 +281,7 @@ class Provisioner:
         if info is not None and action in (Action.KEEP, Action.START):
             cid = str(info["Id"])
             current = (info.get("HostConfig") or {}).get("RestartPolicy") or {}
-            if current.get("Name", "no") != policy["Name"]:
+            if current.get("Name", "no") != policy["Name"] and not auto_removed(info):
                 await node.engine.update_restart_policy(cid, policy)
             if action is Action.KEEP:
                 report.info(text=f"{name}: container already running ({short_id(cid)})")
@@ -274,7 +291,10 @@ class Provisioner:
                 report.info(text=f"{name}: container started ({short_id(cid)})")
                 return cid
             except NodeError as err:
-                report.warning(text=f"{name}: cannot start the container ({err}); recreating it")
+                report.warning(
+                    text=f"{name}: cannot start the container ({err.message.rstrip('.')}); "
+                    "recreating it."
+                )
         created = await node.run_container(
             **desired.spec, force=True, command=report, restart_policy=policy
         )

@@ -16,13 +16,13 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fliswarm.docker.containers import short_id
+from fliswarm.docker.containers import auto_removed, made_by_fliswarm, short_id
 from fliswarm.exceptions import NodeError
 from fliswarm.provision import ProvisionError, Request
 from fliswarm.provision.desired import DesiredNode, container_drift, desired_node
 from fliswarm.tools import Backoff
 
-from .state import NodeState, NodeStatus, should_restart
+from .state import NodeState, NodeStatus, not_managed, should_restart
 
 
 if TYPE_CHECKING:
@@ -32,6 +32,17 @@ if TYPE_CHECKING:
 __all__ = ["NodeReconciler", "Outcome"]
 
 log = logging.getLogger("fliswarm.supervision")
+
+#: What `.EventWatcher` reports when the engine ends its event stream (a dockerd stopping).
+_STREAM_CLOSED = "the engine closed the event stream"
+
+#: The ``recovering`` reasons while a repair runs.
+_DOING = {
+    "create": "creating the flicamera container",
+    "replace": "replacing the flicamera container (it differs from the configuration)",
+    "start": "starting the flicamera container",
+    "connect": "connecting to flicamera",
+}
 
 
 async def _wait_set(event: asyncio.Event, timeout: float) -> None:
@@ -83,7 +94,7 @@ class NodeReconciler:
         self.supervisor = supervisor
         self.actor = supervisor.actor
         self.name = name
-        self.status = NodeStatus()
+        self.status = NodeStatus(reason="fliswarm is starting to supervise the node")
         self.backoff = Backoff(*supervisor.backoff)
         self.wake_event = asyncio.Event()
         #: Reconcile steps run, and those that tried a repair.
@@ -129,6 +140,13 @@ class NodeReconciler:
         self.wake()
 
     def engine_lost(self, reason: str) -> None:
+        if reason == _STREAM_CLOSED:  # Say what it means for the operator.
+            node = self.actor.nodes.get(self.name)
+            where = f" at {node.daemon_addr}" if node is not None else ""
+            reason = (
+                f"Docker engine{where} closed its connection: dockerd may be stopping or "
+                "restarting; fliswarm reconnects when it answers."
+            )
         self._engine_up = False
         self._engine_reason = reason
         self.wake()
@@ -153,9 +171,13 @@ class NodeReconciler:
                 outcome = await self.step()
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # A bug must not end the supervision of the node.
+            except Exception:  # A bug must not end the supervision of the node.
                 log.exception("%s: reconcile step failed", self.name)
-                self._set(NodeState.DEGRADED, f"supervisor error: {err}")
+                self._set(
+                    NodeState.DEGRADED,
+                    "internal error of the supervisor (the details are in fliswarm's log); "
+                    "it tries again",
+                )
                 outcome = Outcome.RETRY
             retry_at = self._schedule(outcome)
 
@@ -190,7 +212,7 @@ class NodeReconciler:
 
         node = self.actor.nodes.get(self.name)
         if node is None or not node.enabled:
-            self._set(NodeState.DISABLED, "node disabled")
+            self._set(NodeState.DISABLED, not_managed(self.name))
             return Outcome.HOLD
         if self.supervisor.provisioner.busy(self.name):  # We are woken when it is done.
             return Outcome.HOLD
@@ -216,20 +238,28 @@ class NodeReconciler:
             if device.is_connected():
                 await device.stop()
             if not healing:
-                self._set(NodeState.DEGRADED, "no flicamera container")
+                self._set(
+                    NodeState.DEGRADED,
+                    f"no flicamera container, and self_healing is off: fliswarm reconnect -n "
+                    f"{name} creates it",
+                )
                 return Outcome.HOLD
-            why = f"{name}: flicamera container {desired.container} is missing; creating it"
-            return await self._repair(desired, "create container", warning=why)
+            why = f"{name}: flicamera container {desired.container} is missing; creating it."
+            return await self._repair(desired, _DOING["create"], warning=why)
 
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        if labels.get("org.sdss.fliswarm.managed") != "true":
-            self._set(NodeState.DEGRADED, f"{desired.container} was not created by fliswarm")
+        if not made_by_fliswarm(info, name):
+            self._set(
+                NodeState.DEGRADED,
+                f"a container {desired.container} not created by fliswarm is in the way: "
+                f"remove it on the node (docker rm -f {desired.container}), fliswarm then "
+                "creates its own",
+            )
             return Outcome.HOLD
 
         drift = container_drift(info, desired)
         if drift and healing and desired.replace_drifted:
-            why = f"{name}: container {desired.container} drifted ({drift}); replacing it"
-            return await self._repair(desired, "replace container", warning=why)
+            why = f"{name}: container {desired.container} drifted ({drift}); replacing it."
+            return await self._repair(desired, _DOING["replace"], warning=why)
 
         state = info.get("State") or {}
         cid = short_id(info.get("Id", ""))
@@ -242,24 +272,30 @@ class NodeReconciler:
         if device.is_connected():
             await device.stop()
         code, oom = state.get("ExitCode"), bool(state.get("OOMKilled"))
-        how = "was OOM-killed" if oom else f"{state.get('Status', 'stopped')} (exit {code})"
+        how = "was OOM-killed" if oom else f"{state.get('Status', 'stopped')} (exit code {code})"
+        todo = f"fliswarm reconnect -n {name} starts it"
         if not healing:
-            self._set(NodeState.DEGRADED, f"container {how}; self-healing is off")
+            self._set(
+                NodeState.DEGRADED,
+                f"the flicamera container {how}, and self_healing is off: {todo}",
+            )
             return Outcome.HOLD
         if not should_restart(desired.restart_policy, code, oom):
             self._set(
-                NodeState.DEGRADED, f"container {how}; restart policy {desired.restart_policy}"
+                NodeState.DEGRADED,
+                f"the flicamera container {how}, and restart_policy "
+                f"{desired.restart_policy} does not restart it: {todo}",
             )
             return Outcome.HOLD
-        why = f"{name}: flicamera container {cid} {how}; restarting it"
-        return await self._repair(desired, "start container", warning=why)
+        why = f"{name}: flicamera container {cid} {how}; restarting it."
+        return await self._repair(desired, _DOING["start"], warning=why)
 
     def _engine_down(self, reason: str, outcome: Outcome) -> Outcome:
         """The engine does not answer: offline, unless the camera is still connected (its
         connection has a short TCP keep-alive: if the node is dead it drops soon)."""
 
         if self.actor.flicameras[self.name].is_connected():
-            self._set(NodeState.DEGRADED, f"Docker engine not answering ({reason})")
+            self._set(NodeState.DEGRADED, f"the camera still works; {reason}")
             return Outcome.HOLD
         self._set(NodeState.OFFLINE, reason)
         return outcome
@@ -272,21 +308,27 @@ class NodeReconciler:
         if drift and self._warned != drift:
             self._warned = drift
             self._warn(
-                f"{name}: container {desired.container} drifted ({drift}); "
-                "run reconnect --force to replace it"
+                f"{name}: container {desired.container} drifted ({drift}); fliswarm reconnect "
+                f"--force -n {name} replaces it (or set replace_drifted: true)."
             )
         healthy = NodeState.DRIFTED if drift else NodeState.ONLINE
         reason = drift or "container running, camera connected"
         restart = (info.get("HostConfig") or {}).get("RestartPolicy") or {}
-        policy_ok = restart.get("Name", "no") == desired.engine_restart["Name"]
+        # A container of 0.7 (removed when it stops) takes no restart policy: kept as it is.
+        wanted = desired.engine_restart["Name"]
+        policy_ok = auto_removed(info) or restart.get("Name", "no") == wanted
         if device.is_connected() and (policy_ok or not desired.self_healing):
             self._set(healthy, reason)
             return Outcome.OK
         if not desired.self_healing:
-            self._set(NodeState.DEGRADED, "flicamera not connected; self-healing is off")
+            self._set(
+                NodeState.DEGRADED,
+                f"flicamera is not connected, and self_healing is off: fliswarm reconnect -n "
+                f"{name} connects it",
+            )
             return Outcome.HOLD
         # Connect the camera, or only give the container its restart policy (no state change).
-        doing = None if device.is_connected() else "connecting to flicamera"
+        doing = None if device.is_connected() else _DOING["connect"]
         return await self._repair(desired, doing, healthy, reason)
 
     async def _repair(
@@ -317,8 +359,9 @@ class NodeReconciler:
             try:
                 result = await provisioner.provision(self.name, request, self.report)
             except ProvisionError as err:
-                self._set(NodeState.DEGRADED, f"repair failed: {err.reason}")
-                self._warn(f"{self.name}: repair failed: {err.reason}")
+                reason = err.reason.rstrip(".")
+                self._set(NodeState.DEGRADED, f"repair failed: {reason}; fliswarm tries again")
+                self._warn(f"{self.name}: repair failed: {reason}; fliswarm tries again.")
                 return Outcome.RETRY
         log.info(
             "%s: container %s %s; flicamera connected after %.2f s",
