@@ -24,6 +24,9 @@ with the same reproducers, are in ``docs/upstream-clu.md``.
   as a sub-command (``help "talk -n gfa1 status"`` raises ``AttributeError``), and
   ``get-command-model`` validates its reply against the actor's keyword schema, which has no
   ``command_model``: the final reply is replaced by an ``e`` line and the command never ends.
+
+Not a work-around but fliswarm's own: `HardenedLegacyActor` greets no client that connects
+from `HEALTH_CHECK_ADDRESS`, the Docker image's health check (see the class).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ __all__ = [
     "help_command",
     "command_model",
     "DEFAULT_COMMAND_LINE_LIMIT",
+    "HEALTH_CHECK_ADDRESS",
 ]
 
 
@@ -218,6 +222,15 @@ class SafeStreamServer(TCPStreamServer):
                 self.log.warning(f"client {_peer(transport)}: overflow callback failed: {err!r}")
 
 
+def _peer_host(transport: Any) -> str | None:
+    """The client's IP address (IPv4 as such, also when mapped to IPv6)."""
+
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
+        return peer[0].removeprefix("::ffff:")
+    return None
+
+
 def _peer(transport: Any) -> str:
     peer = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and len(peer) >= 2:
@@ -226,6 +239,12 @@ def _peer(transport: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- command lines
+
+#: The loopback address the Docker image's health check connects from (its ``HEALTHCHECK``).
+#: CLU greets every new connection with four lines written to every connected client
+#: (``yourUserID``, ``UserInfo`` for each user, ``version``); a client from this address is
+#: served without them, so that the check (a ``ping`` every 30 s) disturbs no one, tron included.
+HEALTH_CHECK_ADDRESS = "127.0.0.2"
 
 # The command id of a line ``[commander] <command_id> ...`` (commander: tron's ``a.b``).
 _LINE_IDS = re.compile(r"\s*(?:[A-Za-z0-9]*\.[A-Za-z0-9_.]+\s+)?(\d{1,9})(?:\s|$)")
@@ -239,7 +258,8 @@ class HardenedLegacyActor(LegacyActor):
     that is not ``[commander] [command_id] command`` or cannot be split (an unbalanced quote)
     fails for its user only, with the line's command id when it has one, and so does a line
     longer than the server's ``line_limit``. It pops the click context of each command
-    (`CONTEXT_LEAK`).
+    (`CONTEXT_LEAK`). A client connecting from `HEALTH_CHECK_ADDRESS` gets a user id as any
+    other but no greeting, and the other clients are not told of it (no ``UserInfo`` lines).
     """
 
     _server: SafeStreamServer
@@ -264,6 +284,12 @@ class HardenedLegacyActor(LegacyActor):
             if user_id is not None and self.transports.get(user_id) is transport:
                 self.log.debug(f"user {user_id} disconnected.")
                 return self.transports.pop(user_id)
+            return None
+        if not transport.is_closing() and _peer_host(transport) == HEALTH_CHECK_ADDRESS:
+            user_id = max(self.transports, default=0) + 1  # as CLU numbers its users
+            transport.user_id = user_id
+            self.transports[user_id] = transport
+            self.log.debug(f"user {user_id} connected from {HEALTH_CHECK_ADDRESS} (health check).")
             return None
         return super().new_user(transport)
 

@@ -3,7 +3,9 @@
 `copy_python` copies the interpreter and its standard library at their host paths,
 `copy_libraries` the ``ldd`` closure of every binary, `add_files` busybox as ``/bin/sh``, the
 flicamera launcher and a minimal ``/etc``. The flicamera image (`.image`) is built from these
-steps, and so is `build_python_base`, a stand-in for a ``python:3.X-slim`` base image.
+steps, and so is `build_python_base`, a stand-in for a ``python:3.X-slim`` base image, whose
+``/bin/sh`` is the host's dash (`use_dash`) and whose ``apt-get`` (`add_stand_in_apt`) installs
+the host's ``ping`` and ``ssh`` as the Debian packages.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ __all__ = [
     "DEFAULT_CACHE_DIR",
     "MANYLINUX_LIBRARIES",
     "BASE_APPLETS",
+    "STAND_IN_PACKAGES",
+    "STAND_IN_APT_DIR",
     "PythonBase",
     "build_python_base",
     "locked",
@@ -43,6 +47,8 @@ __all__ = [
     "compile_bytecode",
     "copy_libraries",
     "copy_system_libraries",
+    "add_stand_in_apt",
+    "use_dash",
 ]
 
 
@@ -236,6 +242,8 @@ def build_python_base(
     The interpreter, its standard library and shared libraries (as for the flicamera image),
     busybox as ``/bin/sh`` with common applets, and ``packages`` (e.g. ``pip``) copied from the
     host's site-packages, so that ``RUN pip install ...`` works in a Dockerfile built on it.
+    Like the real base its ``/bin/sh`` is dash (`use_dash`) and it has no ``ping`` and no
+    ``ssh`` but an ``apt-get`` that installs them (`add_stand_in_apt`).
     Cached in ``cache_dir`` (default `DEFAULT_CACHE_DIR`) by a hash of its inputs.
     """
 
@@ -243,7 +251,8 @@ def build_python_base(
 
     versions = [f"{p}=={importlib.metadata.version(p)}" for p in packages]
     inputs = {"python": sys.version, "executable": os.path.realpath(sys.executable)}
-    inputs |= {"recipe": "3", "packages": " ".join(versions), "applets": " ".join(BASE_APPLETS)}
+    inputs |= {"recipe": "5", "packages": " ".join(versions), "applets": " ".join(BASE_APPLETS)}
+    inputs |= {"apt": json.dumps(_stand_in_programs()), "sh": json.dumps(_host_program("dash"))}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
     entry = cache_dir / f"python-base-{digest}"
@@ -267,9 +276,11 @@ def build_python_base(
                     if source.is_dir():
                         shutil.copytree(source, purelib / top, symlinks=True)
             add_files(rootfs, BASE_APPLETS)
+            use_dash(rootfs)
             shutil.rmtree(inside(rootfs, os.path.dirname(LAUNCHER_IN_IMAGE)))
             copy_libraries(rootfs)
             copy_system_libraries(rootfs)
+            add_stand_in_apt(rootfs)
             write_layer(rootfs, work / "rootfs.tar.gz")
             shutil.rmtree(rootfs)
             shutil.rmtree(entry, ignore_errors=True)
@@ -291,3 +302,128 @@ def copy_system_libraries(rootfs: Path) -> None:
         source = host_dir / name
         if source.exists() and not (libc.parent / name).exists():
             shutil.copy2(source.resolve(), libc.parent / name)
+
+
+#: The Debian packages the stand-in base's ``apt-get`` knows, and the host programs it installs
+#: for each (at ``/usr/bin``, as Debian does).
+STAND_IN_PACKAGES: dict[str, tuple[str, ...]] = {
+    "iputils-ping": ("ping",),
+    "openssh-client": ("ssh",),
+}
+#: Where the stand-in base keeps what its ``apt-get`` installs: ``<package>/root/`` (copied to
+#: ``/``) and ``<package>/postinst`` (run after).
+STAND_IN_APT_DIR = "/usr/share/fliswarm-testbed/apt"
+
+#: Run after installing a package, as its Debian maintainer script does in a slim base (no
+#: ``setcap``): iputils-ping makes ``ping`` setuid root, so that any user can ping.
+_POSTINST = {"iputils-ping": "chmod u+s /usr/bin/ping\n"}
+
+_APT_GET = f"""#!/bin/sh
+# apt-get of the fliswarm test bed's stand-in python base (fliswarm_testbed.rootfs): no network,
+# no .deb files. "install" copies the host's programs of a known package from
+# {STAND_IN_APT_DIR}/<package>/ and runs its postinst, as Debian's package would.
+set -e
+case "$1" in
+    update) echo "stand-in apt-get: nothing to update (offline)." ;;
+    install)
+        shift
+        for package in "$@"; do
+            case "$package" in -*) continue ;; esac
+            if [ ! -d "{STAND_IN_APT_DIR}/$package" ]; then
+                echo "E: Unable to locate package $package (stand-in apt-get)" >&2
+                exit 100
+            fi
+            cp -a "{STAND_IN_APT_DIR}/$package/root/." /
+            if [ -f "{STAND_IN_APT_DIR}/$package/postinst" ]; then
+                sh "{STAND_IN_APT_DIR}/$package/postinst"
+            fi
+            echo "Setting up $package (stand-in: the test host's program) ..."
+        done
+        ;;
+    *) echo "E: stand-in apt-get: '$1' is not supported" >&2; exit 100 ;;
+esac
+"""
+
+
+def _host_program(program: str, package: str | None = None) -> list[str]:
+    """A host program the stand-in base copies: its real path, size and mtime (cache key)."""
+
+    path = shutil.which(program, path="/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+    if path is None:
+        package = package or program
+        raise RuntimeError(
+            f"the stand-in python base needs the host's {program!r} ({package}) to stand in "
+            f"for the Debian package: install {package} on this host."
+        )
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    return [real, str(stat.st_size), str(int(stat.st_mtime))]
+
+
+def _stand_in_programs() -> dict[str, list[str]]:
+    """The host programs `add_stand_in_apt` copies, with their size and mtime (cache key)."""
+
+    return {
+        program: _host_program(program, package)
+        for package, programs in STAND_IN_PACKAGES.items()
+        for program in programs
+    }
+
+
+def use_dash(rootfs: Path) -> None:
+    """Makes ``/bin/sh`` the host's dash, as in Debian's images, instead of busybox.
+
+    Debian's busybox-static runs its own applets before any program on ``PATH``: with it as
+    ``/bin/sh``, ``command -v ping`` finds a ping in a base that has none, and ``ping`` in a
+    shell command stays busybox's once iputils' is installed. dash needs only libc.
+    """
+
+    sh = rootfs / "bin/sh"
+    sh.unlink(missing_ok=True)
+    shutil.copy2(_host_program("dash")[0], sh)
+    sh.chmod(0o755)
+
+
+def _needed_libraries(program: str) -> set[str]:
+    """The shared libraries ``program`` loads (``ldd``), the dynamic loader included."""
+
+    libs: set[str] = set()
+    for line in run(["ldd", program], 60).splitlines():
+        parts = line.split()
+        if "=>" in parts and len(parts) > parts.index("=>") + 1:
+            libs.add(parts[parts.index("=>") + 1])
+        elif parts and parts[0].startswith("/"):
+            libs.add(parts[0])
+    return {lib for lib in libs if lib.startswith("/") and os.path.exists(lib)}
+
+
+def add_stand_in_apt(rootfs: Path) -> None:
+    """Gives the stand-in base an ``apt-get`` that installs `STAND_IN_PACKAGES` offline.
+
+    The real ``python:3.X-slim`` (Debian) has neither ``ping`` nor ``ssh``, and a Dockerfile
+    installs them with ``apt-get install iputils-ping openssh-client``. Here nothing can be
+    downloaded: each package is the host's program (iputils ``ping`` and OpenSSH ``ssh`` on a
+    Debian host) with the shared libraries the base lacks, kept in `STAND_IN_APT_DIR` and
+    copied into place only when the Dockerfile's ``apt-get install`` asks for the package.
+    """
+
+    stash = inside(rootfs, STAND_IN_APT_DIR)
+    programs = _stand_in_programs()
+    for package, names in STAND_IN_PACKAGES.items():
+        root = stash / package / "root"
+        for name in names:
+            source = programs[name][0]
+            target = root / "usr/bin" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+            target.chmod(0o755)
+            for lib in sorted(_needed_libraries(source)):
+                if not inside(rootfs, lib).exists() and not inside(root, lib).exists():
+                    inside(root, lib).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(lib, inside(root, lib))
+        if package in _POSTINST:
+            (stash / package / "postinst").write_text(_POSTINST[package])
+    apt_get = rootfs / "usr/bin/apt-get"
+    apt_get.parent.mkdir(parents=True, exist_ok=True)
+    apt_get.write_text(_APT_GET)
+    apt_get.chmod(0o755)
