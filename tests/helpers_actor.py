@@ -13,10 +13,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clu import LegacyActor
 from helpers_net import free_port
 
 from fliswarm_testbed.tron_client import TronClient, TronTimeoutError, parse_keywords
@@ -324,3 +326,23 @@ def write_config(
     path = Path(path)
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@contextlib.asynccontextmanager
+async def plain_actor(name: str, parser: object) -> AsyncIterator[LegacyActor]:
+    """A real CLU `~clu.legacy.LegacyActor` (not fliswarm) with ``parser`` on a free
+    loopback port, without a tron connection; stopped with its clients at the end."""
+
+    actor = LegacyActor(name, "127.0.0.1", free_port(), version="1.2.3")
+    actor.parser = parser
+    actor.load_schema(None, additional_properties=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "starting LegacyActor without Tron connection."
+        await asyncio.wait_for(actor.start(), 10)
+    try:
+        yield actor
+    finally:
+        for transport in list(actor.transports.values()):
+            transport.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(actor.stop(), 10)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers_net import free_port, port_open
+from helpers_net import ask, free_port, port_open
 
 import fliswarm
 
@@ -36,29 +35,6 @@ def wait_for(predicate, timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def ask(port: int, command: str, timeout: float = 10) -> list[str]:
-    """Sends one command with the LegacyActor protocol and returns its reply lines."""
-
-    lines: list[str] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(f"9 {command}\n".encode())
-        buffer = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            for raw in complete:
-                line = raw.decode()
-                lines.append(line)
-                parts = line.split(" ", 3)
-                if len(parts) >= 3 and parts[1] == "9" and parts[2] in (":", "f"):
-                    return lines
-    raise AssertionError(f"no end of command in {lines}")
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ import pytest
 import yaml
 from clu import LegacyActor
 from clu.parsers.click import CluGroup, ping, version
-from helpers_actor import tron_ready
+from helpers_actor import plain_actor, tron_ready
 from helpers_net import free_port
 
 from fliswarm.client import parse_keywords, render
@@ -368,19 +367,8 @@ async def hang(command):
 async def actor() -> AsyncIterator[LegacyActor]:
     """A real CLU LegacyActor on a free loopback port."""
 
-    actor = LegacyActor("echoer", "127.0.0.1", free_port(), version="1.2.3")
-    actor.parser = _parser
-    actor.load_schema(None, additional_properties=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "starting LegacyActor without Tron connection."
-        await asyncio.wait_for(actor.start(), 10)
-    try:
+    async with plain_actor("echoer", _parser) as actor:
         yield actor
-    finally:
-        for transport in list(actor.transports.values()):
-            transport.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(actor.stop(), 10)
 
 
 async def client(port: int, *args: str, stdin: str | None = None, timeout: float = 60):

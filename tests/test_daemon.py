@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers_actor import write_config
-from helpers_net import free_port, port_open
+from helpers_net import ask, free_port, port_open
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,28 +156,6 @@ def site(tmp_path: Path) -> Iterator[Site]:
         yield info
     finally:
         kill_all(info)
-
-
-def ask(port: int, command: str, timeout: float = 10) -> list[str]:
-    """Sends one command (id 9) and returns the reply lines until it finishes."""
-
-    lines: list[str] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(f"9 {command}\n".encode())
-        buffer = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            for raw in complete:
-                lines.append(raw.decode())
-                parts = lines[-1].split(" ", 3)
-                if len(parts) >= 3 and parts[1] == "9" and parts[2] in (":", "f"):
-                    return lines
-    raise AssertionError(f"no end of command in {lines}")
 
 
 # ------------------------------------------------------------------------------ start-up

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
-import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +13,7 @@ import click
 import pytest
 from clu import LegacyActor
 from clu.parsers.click import CluGroup, ping, version
-from helpers_actor import tron_ready, write_config
+from helpers_actor import plain_actor, tron_ready, write_config
 
 from fliswarm.actor import FLISwarmActor
 from fliswarm_testbed.tron import (
@@ -81,19 +79,8 @@ async def beat(command):
 async def echo_actor() -> AsyncIterator[LegacyActor]:
     """A real LegacyActor on a free loopback port, without its own tron connection."""
 
-    actor = LegacyActor(ACTOR, "127.0.0.1", free_port(), version="1.2.3")
-    actor.parser = echo_parser
-    actor.load_schema(None, additional_properties=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "starting LegacyActor without Tron connection."
-        await asyncio.wait_for(actor.start(), 10)
-    try:
+    async with plain_actor(ACTOR, echo_parser) as actor:
         yield actor
-    finally:
-        for transport in list(actor.transports.values()):
-            transport.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(actor.stop(), 10)
 
 
 @pytest.fixture
