@@ -10,6 +10,14 @@ listens, or prints the reason it could not (one line) and exits non-zero. ``star
 runs the actor in the foreground process itself, so that its exit status is the actor's. The
 daemon's output (and every start-up failure, with its details) goes to the ``--log`` file, or
 else to the *daemon log* next to the pid file (``/var/tmp/actor.log``).
+
+Why not daemonocle (which 0.7 used, through sdsstools): its ``start`` returns once the child
+has survived a fixed delay, not once the actor listens, and reports a failure only as
+``FAILED`` / ``Child exited immediately with exit code 1``, the reason lost unless rerun with
+``--debug``; in the foreground (``--debug``) it exits 0 when the actor dies, so systemd and
+Docker restart policies never act; and its ``stop`` polls the process with sleeps (1.6-1.9 s for
+an idle actor here). Each of these is what operators met with 0.7; the fork, the report pipe
+and the pid file handling they need are what this module is.
 """
 
 from __future__ import annotations
