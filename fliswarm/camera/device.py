@@ -225,6 +225,13 @@ class FlicameraDevice:
         state = "connected" if self.is_connected() else "disconnected"
         return f"<FlicameraDevice {self.name} {self.host}:{self.port} {state}>"
 
+    @property
+    def busy(self) -> bool:
+        """Whether a command sent through fliswarm to this camera is in flight (sent and not
+        ended). One that timed out is not: it stays in `running` only to keep its id."""
+
+        return any(not sub.future.done() for sub in self.running.values())
+
     def is_connected(self) -> bool:
         """Whether the connection is open and its reader is alive."""
 
