@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-exec python3 -m pytest -ra "$@"
+exec python3 -m pytest -ra --durations=15 "$@"
