@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import inspect
 import logging
 import pathlib
@@ -17,7 +18,7 @@ from fliswarm.camera.device import FlicameraDevice
 from fliswarm.commands import parser
 from fliswarm.compat import HardenedLegacyActor
 from fliswarm.config.settings import Settings
-from fliswarm.config.state import RuntimeState, state_path
+from fliswarm.config.state import RuntimeState, StateFileError, state_path
 from fliswarm.provision import Provisioner
 from fliswarm.provision.desired import desired_node
 from fliswarm.supervision import Supervisor
@@ -153,7 +154,10 @@ class FLISwarmActor(HardenedLegacyActor):
         from fliswarm.docker.node import Node
 
         if name not in self.settings.nodes:
+            deployed = getattr(self, "settings", None)
             self.settings = Settings.from_config(self.config)
+            if deployed is not None:  # The images deployed at run time stay.
+                self.set_deployed_images(deployed.deployed_images)
         settings = self.settings
         config = settings.nodes[name]
         timeouts = settings.timeouts
@@ -299,6 +303,27 @@ class FLISwarmActor(HardenedLegacyActor):
         self.config["enabled_nodes"] = enabled
         if enabled != [name for name in self.nodes if name in self.configured_enabled]:
             self.log.info(f"{state.path}: nodes {state.node_overrides().describe()}.")
+        try:
+            deployed = state.deployed_images()
+        except StateFileError as err:
+            self.log.warning(f"{err} Running the configuration's image on every node.")
+            deployed = {}
+        unknown = [name for name in deployed if name not in self.nodes]
+        if unknown:
+            self.log.warning(
+                f"{state.path}: ignoring the images deployed to {', '.join(unknown)}: they "
+                "are not in the configuration."
+            )
+        images = {name: item.image for name, item in deployed.items() if name in self.nodes}
+        self.set_deployed_images(images)
+        for name, image in images.items():
+            self.log.info(f"{state.path}: {name} runs the deployed image {image}.")
+
+    def set_deployed_images(self, images: dict[str, str]) -> None:
+        """Makes these images (full references pinned to digests, by node) the nodes' desired
+        images (``deploy``, ``rollback``); the other nodes run the configuration's ``image``."""
+
+        self.settings = dataclasses.replace(self.settings, deployed_images=dict(images))
 
     async def _connect_all(self) -> None:
         """Per enabled node, concurrently: Docker engine, then container check and device."""

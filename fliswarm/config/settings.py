@@ -149,6 +149,10 @@ class Settings:
     enabled_nodes: tuple[str, ...]
     nodes: dict[str, NodeSettings]
     volumes: dict[str, VolumeSettings]
+    #: The image each node was deployed with (``deploy``, ``rollback``; kept in the
+    #: runtime-state file), a full reference pinned to a digest, by node name. A node not
+    #: here runs the configuration's ``image``.
+    deployed_images: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -198,6 +202,11 @@ class Settings:
                 for name, volume in (config.get("volumes") or {}).items()
             },
         )
+
+    def node_image(self, node: str) -> str:
+        """The image a node should run: the one deployed to it, else the configuration's."""
+
+        return self.deployed_images.get(node) or self.image
 
     def container(self, node: str) -> str:
         """The name of the flicamera container of a node (``flicamera-gfa1``)."""

@@ -9,11 +9,17 @@ small JSON file next to the actor's log, ``<actor.log_dir>/<actor name>-state.js
       "format": 1,
       "written": "2025-06-01T12:00:00Z",
       "nodes": {"config_enabled_nodes": ["gfa1", "gfa2", "fvc"],
-                "enabled": [], "disabled": ["gfa2"]}
+                "enabled": [], "disabled": ["gfa2"]},
+      "images": {"gfa1": {"image": "hub:5000/sdss/flicamera@sha256:...",
+                          "previous": "hub:5000/sdss/flicamera@sha256:...",
+                          "requested": "sdss/flicamera:1.1"}}
     }
 
 - ``nodes`` (`NodeOverrides`): the nodes ``enable`` and ``disable`` enabled or disabled against
   the configuration's ``enabled_nodes``, and that list as it was then.
+- ``images`` (`DeployedImage`): per node, the image ``deploy`` or ``rollback`` put on it,
+  pinned to its digest, and the one it ran before (what ``rollback`` returns to). A node
+  without an entry runs the configuration's ``image``.
 
 Another kind of state is another section: `RuntimeState.section` reads it and
 `RuntimeState.update` writes it, keeping the other sections as they are (sections this version
@@ -39,6 +45,7 @@ from typing import Any
 
 
 __all__ = [
+    "DeployedImage",
     "FORMAT",
     "MAX_BYTES",
     "NodeOverrides",
@@ -55,6 +62,9 @@ MAX_BYTES = 1024 * 1024
 
 #: The section of `NodeOverrides`.
 NODES = "nodes"
+
+#: The section of the `DeployedImage` of each node.
+IMAGES = "images"
 
 
 class StateFileError(Exception):
@@ -201,6 +211,44 @@ class NodeOverrides:
             )
         wanted = (set(configured) | set(self.enabled)) - set(self.disabled)
         return [name for name in known if name in wanted], problems
+
+
+@dataclass(frozen=True)
+class DeployedImage:
+    """The image ``deploy`` (or ``rollback``) put on a node.
+
+    Attributes
+    ----------
+    image
+        The full reference pinned to its digest (``hub:5000/sdss/flicamera@sha256:...``):
+        the node's desired image from then on.
+    previous
+        What the node ran before, pinned to its digest when it was known (else its
+        reference as configured): what ``rollback`` returns to. `None` if unknown.
+    requested
+        The image as the operator named it (``sdss/flicamera:1.1``), for the reports.
+    """
+
+    image: str
+    previous: str | None = None
+    requested: str | None = None
+
+    @classmethod
+    def from_json(cls, node: str, data: Any) -> DeployedImage:
+        """Reads one node's entry; `ValueError` (what is wrong) if it is malformed."""
+
+        where = f"images.{node}"
+        if not isinstance(data, dict) or not isinstance(data.get("image"), str):
+            raise ValueError(f"'{where}' is not a mapping with an 'image'")
+        for key in ("previous", "requested"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ValueError(f"'{where}.{key}' is not a string")
+        return cls(data["image"], data.get("previous"), data.get("requested"))
+
+    def to_json(self) -> dict[str, str | None]:
+        """One node's entry."""
+
+        return {"image": self.image, "previous": self.previous, "requested": self.requested}
 
 
 class RuntimeState:
@@ -380,3 +428,30 @@ class RuntimeState:
             overrides = NodeOverrides()
         enabled, more = overrides.apply(configured, known)
         return enabled, problems + [f"{self.path}: {line}" for line in more]
+
+    # Images deployed to the nodes.
+
+    def deployed_images(self) -> dict[str, DeployedImage]:
+        """The ``images`` section as loaded, by node (empty if absent).
+
+        Raises
+        ------
+        StateFileError
+            If the section is malformed.
+        """
+
+        data = self._document.get(IMAGES)
+        if data is None:
+            return {}
+        try:
+            if not isinstance(data, dict):
+                raise ValueError("'images' is not a mapping")
+            return {str(node): DeployedImage.from_json(node, item) for node, item in data.items()}
+        except ValueError as err:
+            raise StateFileError(f"the runtime-state file {self.path}: {err}.") from None
+
+    def set_deployed_images(self, images: dict[str, DeployedImage]) -> None:
+        """Writes the ``images`` section (removed when empty); see `update`."""
+
+        value = {node: image.to_json() for node, image in sorted(images.items())}
+        self.update(IMAGES, value or None)

@@ -73,7 +73,7 @@ def container_spec(settings: Settings, name: str) -> dict[str, Any]:
     envs.update(node.environment)
     return {
         "name": settings.container(name),
-        "image": settings.image,
+        "image": settings.node_image(name),
         "registry": settings.registry,
         "volumes": list(settings.volumes),
         "privileged": True,
