@@ -63,7 +63,7 @@ COMMAND = "python3 scripts/actorkeys.py > etc/actorkeys/fliswarm.py"
 
 #: The dictionary's version: bump the minor for added keywords or values, the major when a
 #: value changes type. sdss-fliswarm 0.7's dictionary was (1, 0).
-VERSION = (2, 1)
+VERSION = (2, 2)
 
 #: Keywords of CLU's default schema that flicamera does not write, or that are not relayed
 #: with the node name: a CLU ``JSONActor`` (flicamera) writes no user keywords (those come

@@ -9,7 +9,7 @@
 
 KeysDictionary(
     "fliswarm",
-    (2, 1),
+    (2, 2),
     # fliswarm's own keywords (fliswarm/etc/keywords.json), with the values of the
     # flicamera keywords relayed under the same name.
     Key("enabledNodes", String() * (0,), help="Names of the enabled nodes."),
@@ -93,9 +93,9 @@ KeysDictionary(
     Key(
         "image",
         String(name="node"),
-        String(name="image"),
-        String(help="optional: id, then any values") * (0,),
-        help="image={node, image, id}: the flicamera image on a node.",
+        String(name="reference"),
+        String(help="optional: digest, desired_digest, desired_reference, then any values") * (0,),
+        help="image={node, reference, digest, desired_digest, desired_reference}: the flicamera image a node's container runs (the reference it was made from and its manifest digest, NA when the engine does not know it) and the image it should run (status): the one deploy or rollback put on it, else the configuration's image (desired_digest NA when that is a tag). A warning names a node that does not run its desired image.",
     ),
     Key(
         "containerLog",

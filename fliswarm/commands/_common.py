@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeAlias
 
+from fliswarm.docker.containers import image_reference
 from fliswarm.docker.report import by_engine, report_engine
 from fliswarm.provision.desired import container_spec, container_user
 from fliswarm.tools import select_nodes, split_names
@@ -90,10 +91,14 @@ async def report_engine_nodes(command: FLISwarmCommand, nodes: list[Node]) -> No
     actor = command.actor
     limit = status_limit(actor)
     names = [actor.get_container_name(node) for node in nodes]
+    settings = actor.settings
+    images = [image_reference(settings.node_image(node.name), settings.registry) for node in nodes]
     volumes = list(actor.config.get("volumes") or [])
     ping_timeout = float(actor.config.get("ping_timeout") or 1.0)
     try:
-        await asyncio.wait_for(report_engine(command, nodes, names, volumes, ping_timeout), limit)
+        await asyncio.wait_for(
+            report_engine(command, nodes, names, volumes, ping_timeout, images=images), limit
+        )
     except asyncio.TimeoutError:
         for node in nodes:
             command.warning(

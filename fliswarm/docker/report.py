@@ -28,18 +28,48 @@ from typing import TYPE_CHECKING, Any
 
 from fliswarm.docker.containers import LABEL_MANAGED, LABEL_NODE, short_id
 from fliswarm.docker.ping import PING_GRACE
+from fliswarm.docker.registry import repository_of
 from fliswarm.exceptions import NodeError, NodeTimeoutError, NodeTLSError, NodeUnreachableError
 from fliswarm.tools import Reporter
 
 
 if TYPE_CHECKING:
+    from fliswarm.docker.engine import Engine
     from fliswarm.docker.node import Node
 
 
-__all__ = ["report_engine", "by_engine"]
+__all__ = ["report_engine", "by_engine", "image_digest_of", "running_image"]
 
 #: Errors of a list that say nothing about whether the engine is alive.
 _NO_ANSWER = (NodeUnreachableError, NodeTimeoutError, NodeTLSError)
+
+
+def image_digest_of(image: Mapping[str, Any] | None, reference: str) -> str | None:
+    """The manifest digest of an inspected image for the repository of ``reference``
+    (pinned references carry it), `None` if the engine knows none (an image never pulled)."""
+
+    if "@" in reference:
+        return reference.split("@", 1)[1]
+    if image is None:
+        return None
+    repository = repository_of(reference)
+    digests = [str(item) for item in image.get("RepoDigests") or [] if "@" in str(item)]
+    for item in digests:
+        name, _, digest = item.partition("@")
+        if name == repository or name.endswith("/" + repository):
+            return digest
+    return None
+
+
+async def running_image(engine: Engine, info: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The image reference an inspected container was made from and its manifest digest
+    (`None` when the engine does not know it). One image inspect, bounded like every call."""
+
+    reference = str((info.get("Config") or {}).get("Image") or "")
+    if "@" in reference:
+        return reference, image_digest_of(None, reference)
+    image = await engine.inspect_image(str(info.get("Image") or reference))
+    return reference, image_digest_of(image, reference)
 
 
 def by_engine(nodes: Sequence[Node]) -> list[list[Node]]:
@@ -148,11 +178,7 @@ def _write_lists(
     volume_names: Sequence[str],
     containers: bool,
 ) -> None:
-    found = [
-        c
-        for c in running
-        if container_name is None or f"/{container_name}" in (c.get("Names") or [])
-    ]
+    found = _containers_of(running, container_name)
     if not containers:
         pass
     elif len(found) == 1:
@@ -197,6 +223,48 @@ def _write_lists(
         result["volumes"][vname] = device
 
 
+def _containers_of(
+    running: list[dict[str, Any]], container_name: str | None
+) -> list[dict[str, Any]]:
+    return [
+        c
+        for c in running
+        if container_name is None or f"/{container_name}" in (c.get("Names") or [])
+    ]
+
+
+async def _write_images(
+    report: Reporter,
+    node: Node,
+    found: list[dict[str, Any]],
+    desired: str,
+) -> None:
+    """``image={node, reference, digest, desired_digest, desired_reference}`` of a node
+    running one container, and a warning when it does not run its desired image."""
+
+    if len(found) != 1:
+        return
+    reference = str(found[0].get("Image") or "")
+    image = None
+    if "@" not in reference:
+        try:
+            image = await node.engine.inspect_image(str(found[0].get("ImageID") or reference))
+        except NodeError:
+            image = None
+    digest = image_digest_of(image, reference)
+    wanted = image_digest_of(None, desired)
+    value = [node.name, reference or "NA", digest or "NA", wanted or "NA", desired]
+    report.info(image=value, validate=False)
+    drift = (digest != wanted) if wanted else (reference != desired)
+    if drift:
+        report.warning(
+            text=f"{node.name}: runs {reference} ({digest or 'digest unknown'}), not its desired "
+            f"image {desired}: fliswarm reconnect --force -n {node.name} replaces the "
+            "container.",
+            validate=False,
+        )
+
+
 async def report_engine(
     report: Reporter,
     nodes: Sequence[Node],
@@ -204,6 +272,7 @@ async def report_engine(
     volume_names: Sequence[str],
     ping_timeout: float,
     containers: bool = True,
+    images: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Reports the logical nodes of one Docker engine (see the module).
 
@@ -222,6 +291,9 @@ async def report_engine(
         Seconds to wait for an ICMP echo when the engine does not answer at once.
     containers
         Whether to report the containers.
+    images
+        Each node's desired image (a full reference): with the containers, ``image`` says
+        what each runs and what it should run, and a warning says when they differ.
 
     Returns
     -------
@@ -267,5 +339,12 @@ async def report_engine(
     for node, result, name in zip(nodes, results, container_names, strict=True):
         _write_lists(
             report, node, result, mine[node.name], volumes, name, volume_names, containers
+        )
+    if containers and images is not None:
+        await asyncio.gather(
+            *[
+                _write_images(report, node, _containers_of(mine[node.name], name), desired)
+                for node, name, desired in zip(nodes, container_names, images, strict=True)
+            ]
         )
     return results
