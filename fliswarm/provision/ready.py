@@ -123,7 +123,8 @@ async def wait_device_ready(
                     "the node?)."
                 )
             state = info.get("State") or {}
-            if not state.get("Running"):
+            # Restarting: it exited and the engine starts it again (restart policy).
+            if not state.get("Running") or state.get("Restarting"):
                 raise NotReadyError(
                     f"container {container} is {state.get('Status', 'not running')} "
                     f"(exit code {state.get('ExitCode')}): fliswarm logs -n {node.name} shows "
