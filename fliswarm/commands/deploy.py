@@ -289,6 +289,12 @@ def _remember(
         if previous == targets[name] and before.entry is not None:
             previous = before.entry.previous  # Deployed again: keep what it ran before.
         entries[name] = DeployedImage(targets[name], previous, requested.get(name))
+    if not state.kept:
+        command.warning(
+            text=f"{', '.join(batch)}: the new image is not kept across a restart of fliswarm, "
+            "and rollback cannot return from it (no actor.log_dir for the runtime-state file)."
+        )
+        return
     try:
         state.set_deployed_images(entries)
     except StateFileError as err:
