@@ -292,6 +292,24 @@ async def test_bad_image_puts_the_first_node_back(
     assert_plain(reply.lines)
 
 
+@on_bed
+async def test_bad_image_in_a_batch_of_two_puts_both_back(site: Site) -> None:
+    before = await site.running()
+    start = time.monotonic()
+    reply = await site.command("deploy -c gfa --batch 2 --now deploy-bad", 150)
+    took = time.monotonic() - start
+    print(f"bad deploy, batch of 2: failed in {took:.1f} s")
+    assert reply.code == "f", str(reply)
+    assert took < 120
+    texts = reply.texts()
+    assert any("gfa1, gfa2: going back to the image it ran before" in text for text in texts)
+    after = await site.running()
+    for name in ("gfa1", "gfa2"):
+        assert after[name][1] == before[name][1], after
+    assert after["fvc"] == before["fvc"]
+    await site.all_answer()
+
+
 # Pure pieces (no bed needed).
 
 
