@@ -623,6 +623,18 @@ class Engine:
             if err.status not in (304, 404):  # already stopped / gone
                 raise
 
+    async def unpause_container(self, cid: str) -> None:
+        """Unpauses a paused container (a frozen process cannot be stopped gracefully);
+        one that is not paused, or gone, is fine."""
+
+        try:
+            await self.call(
+                f"unpause container {cid[:12]}", lambda d: d.containers.container(cid).unpause()
+            )
+        except DockerAPIError as err:
+            if err.status not in (404, 409):  # gone / not paused
+                raise
+
     async def remove_container(self, cid: str) -> None:
         """Force-removes a container (never its volumes); a missing one is fine."""
 

@@ -47,6 +47,9 @@ __all__ = [
 
 log = logging.getLogger("fliswarm.provision")
 
+#: Seconds a container being restarted gets between SIGTERM and SIGKILL.
+RESTART_GRACE = 2.0
+
 
 class ProvisionError(FliswarmError):
     """A node could not be brought to its desired state; the message says why."""
@@ -68,6 +71,8 @@ class Action(enum.Enum):
     CREATE = "created"
     #: The container was removed and created again.
     REPLACE = "replaced"
+    #: The running container was stopped (unpaused first) and started again.
+    RESTART = "restarted"
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,9 @@ class Request:
     replace_drifted: bool = False
     #: Reconnect the camera even if its connection is up (the operator's ``reconnect``).
     reconnect: bool = False
+    #: Restart a running container (unpaused first): the supervisor's repair of a camera
+    #: that does not answer.
+    restart: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,12 +159,19 @@ class Provisioner:
         self.attempt_timeout = attempt_timeout
         self.on_done = on_done
         self._running: dict[str, asyncio.Task[Result]] = {}
+        self._actions: dict[str, Action] = {}
 
     def busy(self, name: str) -> bool:
         """Whether provisioning work runs on the node."""
 
         task = self._running.get(name)
         return task is not None and not task.done()
+
+    def stopping(self, name: str) -> bool:
+        """Whether provisioning work on the node stops its container itself (restart,
+        replace): the container's end is then no failure."""
+
+        return self.busy(name) and self._actions.get(name) in (Action.RESTART, Action.REPLACE)
 
     async def provision(self, name: str, request: Request, report: Reporter) -> Result:
         """Brings a node to its desired state (see the module).
@@ -185,6 +200,7 @@ class Provisioner:
         finally:
             if self._running.get(name) is task:
                 del self._running[name]
+                self._actions.pop(name, None)
             if self.on_done is not None:
                 self.on_done(name)
 
@@ -215,13 +231,15 @@ class Provisioner:
         if info is not None:
             check_managed(name, info, container)
         action = self._decide(info, desired, request, joined)
+        self._actions[name] = action
 
         changing = action is not Action.KEEP
         if changing:
             device.auto_connect = False  # talk must not connect while the container changes.
         try:
-            if action is Action.REPLACE:
+            if action in (Action.REPLACE, Action.RESTART):
                 await device.stop()  # Before the container goes, or the connection hangs.
+            if action is Action.REPLACE:
                 await node.stop_container(container, desired.spec["image"], True, report)
             await self._volumes(node, desired, request.force and changing, report)
             cid = await self._container(node, desired, action, info, report)
@@ -258,7 +276,9 @@ class Provisioner:
         if drift is not None and request.replace_drifted:
             return Action.REPLACE
         state = info.get("State") or {}
-        return Action.KEEP if state.get("Running") else Action.START
+        if not state.get("Running"):
+            return Action.START
+        return Action.RESTART if request.restart and not made_by_joined else Action.KEEP
 
     @staticmethod
     async def _volumes(node: Node, desired: DesiredNode, force: bool, report: Reporter) -> None:
@@ -278,8 +298,12 @@ class Provisioner:
 
         name = node.name
         policy = desired.engine_restart
-        if info is not None and action in (Action.KEEP, Action.START):
+        if info is not None and action in (Action.KEEP, Action.START, Action.RESTART):
             cid = str(info["Id"])
+            if action is Action.RESTART:  # A paused process cannot even take SIGTERM.
+                await node.engine.unpause_container(cid)
+                await node.engine.stop_container(cid, RESTART_GRACE)
+                report.info(text=f"{name}: container stopped ({short_id(cid)})")
             current = (info.get("HostConfig") or {}).get("RestartPolicy") or {}
             if current.get("Name", "no") != policy["Name"] and not auto_removed(info):
                 await node.engine.update_restart_policy(cid, policy)
