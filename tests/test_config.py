@@ -204,10 +204,18 @@ def test_defaults_filled(tmp_path: pathlib.Path) -> None:
         "docker_request": 10,
         "docker_pull": 600,
         "talk": 30,
+        "command": 10,
         "container_ready": 30,
         "ssh": 15,
         "device_connect": 5,
         "power": 30,
+    }
+    assert config["liveness"] == {
+        "enabled": True,
+        "command": "ping",
+        "interval": 5,
+        "timeout": 4,
+        "failures": 3,
     }
     assert config["restart_policy"] == "always"
     assert config["self_healing"] is True

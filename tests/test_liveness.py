@@ -6,8 +6,34 @@ paused through the engine API) that fliswarm repairs by itself.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+from test_operator_text import assert_plain
+from test_supervision import Swarm, recover_all
+
 from fliswarm.camera.device import FlicameraDevice
 from fliswarm.camera.subcommand import SubCommand
+from fliswarm.commands.talk import default_timeout
+from fliswarm.config.settings import LivenessSettings, Settings
+from fliswarm.supervision import NodeState
+from fliswarm.supervision.liveness import LivenessCounter, LivenessProbe
+from fliswarm_testbed.bed import Testbed
+from fliswarm_testbed.fixtures import cleanup_node
+from fliswarm_testbed.image import ensure_flicamera_image
+
+
+TIMEOUTS = Settings.from_config({}).timeouts
 
 
 async def test_busy_while_a_command_is_in_flight():
@@ -21,3 +47,321 @@ async def test_busy_while_a_command_is_in_flight():
     assert device.busy is False
     device._end(sub, False)
     assert device.busy is False and not device.running
+
+
+async def test_fail_running_fails_what_is_in_flight_at_once():
+    device = FlicameraDevice("gfa1", "127.0.0.1", 1)
+    command_id = device.id_pool.get()
+    sub = SubCommand("gfa1", command_id, "status", None)
+    device.running[command_id] = sub
+    device.fail_running("the camera does not answer.")
+    assert sub.done and sub.ok is False
+    assert sub.error == "gfa1: the camera does not answer."
+    assert command_id in device.running  # Its id stays taken until flicamera ends it.
+
+
+async def test_timed_out_commands_are_counted_as_unanswered():
+    device = FlicameraDevice("gfa1", "127.0.0.1", 1)
+    command_id = device.id_pool.get()
+    sub = SubCommand("gfa1", command_id, "status", None)
+    device.running[command_id] = sub
+    sub.add_listener(device._count_unanswered)
+    await sub.wait(0.01)
+    assert sub.timed_out and device.unanswered == 1
+    assert device.overdue(0.0) is None  # Ended: no longer in flight.
+
+
+def test_talk_default_limits():
+    assert default_timeout(TIMEOUTS, ["status"]) == 10
+    assert default_timeout(TIMEOUTS, ["expose", "5"]) == 35
+    assert default_timeout(TIMEOUTS, ["expose", "2", "-c", "3"]) == 36
+
+
+def test_counter_declares_hung_after_failures_in_a_row():
+    counter = LivenessCounter(3)
+    assert not counter.failed("a") and not counter.failed("b")
+    counter.ok()
+    assert not counter.failed("a") and not counter.failed("b")
+    assert counter.failed("c")
+    assert counter.failures == 0  # Counting starts again after a declaration.
+    assert counter.last_reason == "c"
+
+
+class FakeDevice:
+    """What the probe reads of a `FlicameraDevice` (pure logic; no connection)."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.busy = False
+        self.unanswered = 0
+        self.late: Any = None
+        self.answer: bool | None = True  # None: no answer (time-out).
+        self.sent: list[tuple[str, float]] = []
+
+    def is_connected(self) -> bool:
+        return self.connected
+
+    def overdue(self, limit: float) -> Any:
+        return self.late
+
+    async def run(self, command: str, parent: Any, timeout: float) -> Any:
+        self.sent.append((command, timeout))
+        if self.answer is None:
+            self.unanswered += 1
+        return SimpleNamespace(
+            ok=bool(self.answer), timed_out=self.answer is None, command_string=command
+        )
+
+
+def probe_of(device: FakeDevice, hung: list[str], **settings: Any) -> LivenessProbe:
+    values = {"enabled": True, "command": "ping", "interval": 5, "timeout": 4, "failures": 3}
+    values.update(settings)
+    return LivenessProbe(
+        "gfa1",
+        device=lambda: device,  # type: ignore[arg-type,return-value]
+        settings=lambda: LivenessSettings(**values),
+        may_check=lambda: True,
+        on_hung=hung.append,
+    )
+
+
+async def test_probe_declares_a_silent_camera_hung_after_three_checks():
+    device, hung = FakeDevice(), []
+    probe = probe_of(device, hung)
+    await probe.look()
+    assert device.sent == [("ping", 4)] and not hung
+    device.answer = None
+    await probe.look()
+    await probe.look()
+    assert not hung
+    await probe.look()
+    assert len(hung) == 1 and "3 liveness checks" in hung[0] and "'ping'" in hung[0]
+
+
+async def test_probe_sends_nothing_while_a_command_runs_but_counts_its_time_out():
+    device, hung = FakeDevice(), []
+    probe = probe_of(device, hung)
+    await probe.look()  # Knows the count of unanswered commands from now on.
+    device.busy = True
+    await probe.look()
+    assert len(device.sent) == 1  # Nothing sent while busy.
+    for _ in range(3):
+        device.unanswered += 1  # A talk timed out meanwhile.
+        await probe.look()
+    assert len(device.sent) == 1
+    assert len(hung) == 1 and "no answer within its time limit" in hung[0]
+
+
+async def test_probe_counts_an_overdue_command_and_ignores_an_error_answer():
+    device, hung = FakeDevice(), []
+    probe = probe_of(device, hung, failures=2)
+    device.busy = True
+    device.late = SimpleNamespace(command_string="status")
+    await probe.look()
+    device.late = None
+    device.busy = False
+    device.answer = False  # flicamera answers, with an error: alive.
+    await probe.look()
+    device.busy = True
+    device.late = SimpleNamespace(command_string="status")
+    await probe.look()
+    assert not hung  # The answer in between reset the count.
+    await probe.look()
+    assert len(hung) == 1 and "'status' has had no answer" in hung[0]
+
+
+async def test_probe_checks_nothing_when_disconnected_or_disabled():
+    device, hung = FakeDevice(), []
+    probe = probe_of(device, hung, enabled=False, failures=1)
+    device.answer = None
+    await probe.look()
+    device.connected = False
+    probe = probe_of(device, hung, failures=1)
+    await probe.look()
+    assert device.sent == [] and not hung
+
+
+# ------------------------------------------------------------------------------ the test bed
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Testbed]:
+    testbed = Testbed()
+    was_up = testbed.is_up()
+    testbed.up()
+    try:
+        yield testbed
+    finally:
+        with contextlib.suppress(Exception):
+            testbed.restore()
+        testbed._parallel(lambda node: cleanup_node(testbed, node))
+        if not was_up:
+            testbed.down()
+
+
+@pytest.fixture(scope="module")
+def config_path(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bed's configuration with the default limits of talk and liveness."""
+
+    image = ensure_flicamera_image(bed.registry)
+    config = bed.fliswarm_config(image)
+    config["timeouts"] = {"docker_connect": 1.0, "docker_request": 10}
+    config.pop("liveness", None)
+    path = tmp_path_factory.mktemp("liveness") / "fliswarm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def swarm(bed: Testbed, config_path: Path) -> AsyncIterator[Swarm]:
+    await asyncio.to_thread(bed._parallel, lambda node: cleanup_node(bed, node))
+    swarm = Swarm(bed, config_path)
+    await swarm.start()
+    try:
+        yield swarm
+    finally:
+        await swarm.stop()
+
+
+async def set_paused(swarm: Swarm, name: str, paused: bool) -> None:
+    """Pauses (freezes) or unpauses the flicamera container of a node, through the engine."""
+
+    async with swarm.docker(name) as docker:
+        container = await asyncio.wait_for(docker.containers.get(f"flicamera-{name}"), 10)
+        await asyncio.wait_for(container.pause() if paused else container.unpause(), 10)
+
+
+async def timed(awaitable: Awaitable[Any]) -> tuple[float, Any]:
+    """How long an awaitable took, and its result."""
+
+    start = time.monotonic()
+    result = await awaitable
+    return time.monotonic() - start, result
+
+
+async def write_output(swarm: Swarm, name: str, line: str) -> None:
+    """Writes a line to the output of the container's main process (the simulated flicamera
+    writes none; the bed's nodes share this kernel) and waits until the engine keeps it."""
+
+    info = await swarm.inspect(name)
+    output = Path(f"/proc/{info['State']['Pid']}/fd/1")
+    await asyncio.to_thread(output.write_text, line + "\n", encoding="utf-8")
+    assert swarm.actor is not None
+    engine = swarm.actor.nodes[name].engine
+    deadline = time.monotonic() + 30
+    while line not in (await engine.container_logs(f"flicamera-{name}", tail=5) or []):
+        assert time.monotonic() < deadline, f"{name}: the engine does not show {line!r}"
+        await asyncio.sleep(0.05)  # Polling the engine until it shows it.
+
+
+def evidence_records(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.name.startswith("fliswarm")
+        and record.levelno == logging.WARNING
+        and f"lines of the output of flicamera-{name}" in record.getMessage()
+    ]
+
+
+@pytest.mark.root
+@pytest.mark.testbed
+@pytest.mark.timeout(240)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_paused_camera_answers_again_without_an_operator(
+    swarm: Swarm, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frozen camera: every talk to it ends within its 10 s limit, other cameras answer,
+    and with no operator command it answers again within 45 s (container restarted)."""
+
+    caplog.set_level(logging.INFO, logger="fliswarm")
+    assert swarm.client is not None and swarm.actor is not None
+    await recover_all(swarm)
+    client = swarm.client
+    before = await swarm.inspect("gfa1")
+    index, mark = len(client.lines), swarm.mark()
+    marker = f"last words of gfa1 {uuid.uuid4()}"
+    await write_output(swarm, "gfa1", marker)
+
+    await set_paused(swarm, "gfa1", True)
+    paused_at = time.monotonic()
+    talks: list[tuple[float, str, float]] = []  # (since the pause, code, seconds taken)
+    others: list[float] = []
+    answered: float | None = None
+    try:
+        while time.monotonic() - paused_at < 45 + 15:  # Wide: the bound is asserted below.
+            start = time.monotonic()
+            other = asyncio.ensure_future(timed(swarm.command("talk -n gfa2 status", 20)))
+            reply = await swarm.command("talk -n gfa1 status", 20)
+            took = time.monotonic() - start
+            talks.append((start - paused_at, reply.code, took))
+            other_took, other_reply = await other
+            assert other_reply.code == ":", [line.raw for line in other_reply.lines]
+            others.append(other_took)
+            if reply.code == ":":
+                answered = time.monotonic() - paused_at
+                break
+            assert reply.code == "f"
+            assert any("gfa1" in " ".join(line.values("text")) for line in reply.lines), [
+                line.raw for line in reply.lines
+            ]
+            if took < 1.0:  # Failed at once (being restarted): wait for news of the node.
+                with contextlib.suppress(TimeoutError):
+                    await client.wait_for(
+                        lambda line: line.values("nodeState")[:1] == ["gfa1"], 3, len(client.lines)
+                    )
+    finally:
+        with contextlib.suppress(Exception):
+            await set_paused(swarm, "gfa1", False)  # Whatever happened: not left frozen.
+
+    print(
+        "gfa1 paused: talks (at s, code, took s):",
+        [(round(at, 1), code, round(took, 2)) for at, code, took in talks],
+    )
+    print(
+        f"gfa1 paused -> answers talk again after {answered} s; gfa2 talks took up to "
+        f"{max(others):.2f} s"
+    )
+    assert answered is not None and answered < 45, talks
+    # Each talk ends within the 10 s limit of a command other than an exposure (+ margin for
+    # the relay on a loaded machine); no 30 s wait.
+    assert all(took < 10 + 2 for _, _, took in talks), talks
+    assert max(others) < 10, others  # Other cameras are unaffected.
+
+    after = await swarm.inspect("gfa1")
+    assert after["Id"] == before["Id"]  # Restarted, not recreated.
+    assert after["State"]["Running"] and not after["State"]["Paused"]
+    assert after["State"]["StartedAt"] != before["State"]["StartedAt"]
+    states = [line.values("nodeState") for line in client.lines[index:]]
+    degraded = [s for s in states if s[:2] == ["gfa1", "degraded"]]
+    assert degraded and "liveness" in degraded[0][3], states
+    assert swarm.state("gfa1") is NodeState.ONLINE
+    texts = swarm.texts(index)
+    assert any("fliswarm send logs -n gfa1" in text for text in texts), texts
+    [record] = evidence_records(caplog, "gfa1")
+    assert f"\n  | {marker}" in record.getMessage()
+    assert_plain(swarm.lines_since(mark))
+
+
+@pytest.mark.root
+@pytest.mark.testbed
+@pytest.mark.timeout(120)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_crashed_container_leaves_its_last_lines_in_the_log(
+    swarm: Swarm, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fliswarm")
+    assert swarm.client is not None
+    await recover_all(swarm)
+    marker = f"last words of gfa2 {uuid.uuid4()}"
+    await write_output(swarm, "gfa2", marker)
+    index = len(swarm.client.lines)
+    await swarm.kill("gfa2")
+    await swarm.client.wait_for(
+        lambda line: "fliswarm send logs -n gfa2" in " ".join(line.values("text")), 30, index
+    )
+    await recover_all(swarm)
+    [record] = evidence_records(caplog, "gfa2")
+    assert f"\n  | {marker}" in record.getMessage()  # Logged before the repair.
+    texts = swarm.texts(index)
+    assert any("fliswarm send logs -n gfa2" in text for text in texts), texts

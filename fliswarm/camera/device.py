@@ -15,11 +15,13 @@ import contextlib
 import json
 import logging
 import re
+import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fliswarm.camera.subcommand import SubCommand
-from fliswarm.docker.engine import connection_problem, set_keepalive
+from fliswarm.docker.engine import KEEPALIVE, connection_problem, set_keepalive
 from fliswarm.tools import IDPool
 
 
@@ -63,6 +65,19 @@ def _problem(err: BaseException) -> str:
 
     kind, words = connection_problem(err)
     return f"{words}; {_HINTS[kind]}"
+
+
+def _set_user_timeout(sock: Any) -> None:
+    """Breaks the connection when data sent stays unacknowledged as long as the keep-alive
+    takes (a powered-off node): the keep-alive alone stops while data waits for an ACK, and
+    the liveness checks keep sending. A frozen flicamera still has its data acknowledged by
+    the kernel. Never raises."""
+
+    idle, interval, count = KEEPALIVE
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, int((idle + interval * count) * 1000))
 
 
 def relay_code(code: str) -> str:
@@ -220,6 +235,10 @@ class FlicameraDevice:
         self.auto_connect = True
         #: Called with ``(device, reason)`` when the connection ends by itself (not `stop`).
         self.lost_callbacks: list[Callable[[FlicameraDevice, str], Any]] = []
+        #: How many commands sent through fliswarm got no answer within their time limit.
+        self.unanswered = 0
+        #: When the last reply line came from flicamera (`time.monotonic`; 0: never).
+        self.last_reply = 0.0
 
     def __repr__(self) -> str:
         state = "connected" if self.is_connected() else "disconnected"
@@ -276,7 +295,9 @@ class FlicameraDevice:
                 self.last_error = f"cannot connect to {self.host}:{self.port}: {_problem(err)}"
                 raise ConnectionError(f"{self.name}: {self.last_error}") from None
             assert stream.transport is not None
-            set_keepalive(stream.transport.get_extra_info("socket"))  # A dead node breaks it.
+            sock = stream.transport.get_extra_info("socket")
+            set_keepalive(sock)  # A dead node breaks it.
+            _set_user_timeout(sock)  # Even while a command (a liveness check) is unanswered.
             self._stream = stream
             self.last_error = None
             self._stop_reason = None
@@ -329,6 +350,7 @@ class FlicameraDevice:
         command_id = self.id_pool.get()
         sub = SubCommand(self.name, command_id, command_string, parent)
         self.running[command_id] = sub
+        sub.add_listener(self._count_unanswered)
         try:
             self._stream.transport.write(f"{command_id} {command_string}\n".encode())
         except Exception as err:
@@ -359,6 +381,29 @@ class FlicameraDevice:
             sub = SubCommand(self.name, 0, command_string, parent)
             sub._finish(False, str(err))
             return sub
+
+    def _count_unanswered(self, sub: SubCommand) -> None:
+        if sub.timed_out:
+            self.unanswered += 1
+
+    def overdue(self, limit: float) -> SubCommand | None:
+        """A command other than an exposure in flight for more than ``limit`` seconds while
+        flicamera has sent no reply line for that long, if there is one."""
+
+        now = time.monotonic()
+        if now - self.last_reply <= limit:
+            return None
+        for sub in self.running.values():
+            if not sub.future.done() and not sub.is_exposure and now - sub.started > limit:
+                return sub
+        return None
+
+    def fail_running(self, reason: str) -> None:
+        """Fails every command in flight at once, with ``<node>: <reason>``; their ids stay
+        taken until flicamera ends them or the connection goes."""
+
+        for sub in list(self.running.values()):
+            sub._finish(False, f"{self.name}: {reason}")
 
     def _end(self, sub: SubCommand, ok: bool, error: str | None = None) -> None:
         if self.running.get(sub.command_id) is sub:
@@ -395,6 +440,8 @@ class FlicameraDevice:
 
     def handle_line(self, line: bytes) -> None:
         """Relays one flicamera reply line and updates the status of its sub-command."""
+
+        self.last_reply = time.monotonic()
 
         try:
             message = json.loads(line)

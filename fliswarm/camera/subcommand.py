@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,10 @@ class SubCommand:
         Why it failed, or the last error text flicamera gave (``e`` replies).
     filenames
         Every file flicamera reported with the ``filename`` keyword, in order.
+    started
+        When it was made (`time.monotonic`).
+    timed_out
+        Whether it ended because no answer came within its time limit.
     """
 
     __slots__ = (
@@ -45,6 +50,8 @@ class SubCommand:
         "ok",
         "error",
         "filenames",
+        "started",
+        "timed_out",
         "_listeners",
     )
 
@@ -56,6 +63,8 @@ class SubCommand:
         self.command_string = command_string
         self.parent = parent
         self.future: asyncio.Future[SubCommand] = asyncio.get_running_loop().create_future()
+        self.started = time.monotonic()
+        self.timed_out = False
         self.ok: bool | None = None
         self.error: str | None = None
         self.filenames: list[str] = []
@@ -75,6 +84,19 @@ class SubCommand:
         listeners, self._listeners = self._listeners, None
         for listener in listeners or ():
             listener(self)
+
+    def _time_out(self, timeout: float | None) -> None:
+        """Fails it: no answer came within ``timeout`` seconds."""
+
+        if not self.future.done():
+            self.timed_out = True
+            self._finish(False, f"no answer from {self.node} after {timeout:g} s.")
+
+    @property
+    def is_exposure(self) -> bool:
+        """Whether the command is a flicamera exposure (``expose ...``)."""
+
+        return self.command_string.split(maxsplit=1)[:1] == ["expose"]
 
     def add_listener(self, listener: Callable[[SubCommand], object]) -> None:
         """Calls ``listener(self)`` as soon as the sub-command ends (at once if it has).
@@ -96,7 +118,7 @@ class SubCommand:
         try:
             await asyncio.wait_for(asyncio.shield(self.future), timeout)
         except asyncio.TimeoutError:
-            self._finish(False, f"no answer from {self.node} after {timeout:g} s.")
+            self._time_out(timeout)
         return self
 
     def __repr__(self) -> str:
@@ -138,5 +160,4 @@ async def wait_all(subs: Sequence[SubCommand], timeout: float | None = None) -> 
         if timer is not None:
             timer.cancel()
     for sub in subs:
-        if not sub.future.done():
-            sub._finish(False, f"no answer from {sub.node} after {timeout:g} s.")
+        sub._time_out(timeout)

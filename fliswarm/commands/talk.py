@@ -17,9 +17,10 @@ from fliswarm.tools import select_nodes, split_names
 
 if TYPE_CHECKING:
     from fliswarm.commands import FLISwarmCommand, NodesType
+    from fliswarm.config.settings import Timeouts
 
 
-__all__ = ["talk", "expected_duration"]
+__all__ = ["talk", "expected_duration", "default_timeout"]
 
 # Options of flicamera's ``expose`` that take a value.
 _EXPOSE_VALUE_OPTIONS = {"-f", "--filename", "-n", "--num", "-s", "--stack", "-c", "--count"}
@@ -57,6 +58,16 @@ def expected_duration(args: Sequence[str]) -> float:
     if exptime is None or exptime != exptime or exptime < 0:  # None, NaN or negative.
         return 0.0
     return exptime * values["count"] * values["stack"]
+
+
+def default_timeout(timeouts: Timeouts, args: Sequence[str]) -> float:
+    """The time limit of a camera command when ``talk`` is given none: ``timeouts.talk`` plus
+    the exposure time for ``expose``, ``timeouts.command`` for any other command (a hung
+    camera then fails it in seconds)."""
+
+    if args and args[0] == "expose":
+        return timeouts.talk + expected_duration(args)
+    return timeouts.command
 
 
 #: Connection attempt to the flicamera of a node known to be offline (s): a live host on the
@@ -140,8 +151,8 @@ async def _run_on_nodes(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Seconds to wait for each camera. Default: timeouts.talk, plus the exposure time "
-    "(times count and stack) for expose.",
+    help="Seconds to wait for each camera. Default: for expose, timeouts.talk plus the exposure "
+    "time (times count and stack); for any other command, timeouts.command.",
 )
 async def talk(
     command: FLISwarmCommand,
@@ -170,7 +181,7 @@ async def talk(
         return command.fail(error="No enabled camera matches the selection.")
 
     if timeout is None:
-        timeout = actor.settings.timeouts.talk + expected_duration(camera_command)
+        timeout = default_timeout(actor.settings.timeouts, camera_command)
 
     results = await _run_on_nodes(command, selected, camera_string, timeout)
 

@@ -596,6 +596,7 @@ def _resolve(
         "ping_timeout": top["ping_timeout"],
         "status_interval": top["status_interval"],
         "timeouts": with_defaults(data.get("timeouts"), "timeouts"),
+        "liveness": with_defaults(data.get("liveness"), "liveness"),
         "restart_policy": top["restart_policy"],
         "self_healing": top["self_healing"],
         "replace_drifted": top["replace_drifted"],

@@ -23,6 +23,7 @@ __all__ = [
     "ActorSettings",
     "NodeSettings",
     "Timeouts",
+    "LivenessSettings",
     "VolumeSettings",
     "SshSettings",
     "PowerSettings",
@@ -44,10 +45,27 @@ class Timeouts:
     docker_request: float
     docker_pull: float
     talk: float
+    #: Default limit of a camera command that is not an exposure.
+    command: float
     container_ready: float
     ssh: float
     device_connect: float
     power: float
+
+
+@dataclass(frozen=True)
+class LivenessSettings:
+    """How the supervisor checks that connected cameras answer (``liveness``)."""
+
+    enabled: bool
+    #: The flicamera command sent as a check.
+    command: str
+    #: Seconds between two checks of a camera.
+    interval: float
+    #: Seconds the camera has to answer a check.
+    timeout: float
+    #: Failed checks in a row after which the camera is declared hung.
+    failures: int
 
 
 @dataclass(frozen=True)
@@ -139,6 +157,7 @@ class Settings:
     ping_timeout: float
     status_interval: float
     timeouts: Timeouts
+    liveness: LivenessSettings
     restart_policy: str
     self_healing: bool
     replace_drifted: bool
@@ -161,6 +180,7 @@ class Settings:
         top = _known(config)
         actor = _known(config.get("actor"), "actor")
         timeouts = _known(config.get("timeouts"), "timeouts")
+        liveness = _known(config.get("liveness"), "liveness")
         power = config.get("power")
         observatory = config.get("observatory") or os.environ.get("OBSERVATORY") or None
         return cls(
@@ -179,6 +199,13 @@ class Settings:
             ping_timeout=float(top["ping_timeout"]),
             status_interval=float(top["status_interval"]),
             timeouts=Timeouts(**{k: float(v) for k, v in timeouts.items()}),
+            liveness=LivenessSettings(
+                enabled=bool(liveness["enabled"]),
+                command=str(liveness["command"]).strip(),
+                interval=float(liveness["interval"]),
+                timeout=float(liveness["timeout"]),
+                failures=int(liveness["failures"]),
+            ),
             restart_policy=top["restart_policy"],
             self_healing=bool(top["self_healing"]),
             replace_drifted=bool(top["replace_drifted"]),

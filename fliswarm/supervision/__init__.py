@@ -250,6 +250,8 @@ class Supervisor:
             value.append(int(attrs["exitCode"]) if str(attrs["exitCode"]).isdigit() else None)
         reconciler.last_event = event
         self.broadcast("i", containerEvent=value)
+        if action == "die":
+            reconciler.died(attrs["name"])
         if action != "kill":  # die follows kill; a start may need the device connected.
             reconciler.wake()
 

@@ -22,6 +22,7 @@ from fliswarm.provision import ProvisionError, Request
 from fliswarm.provision.desired import DesiredNode, container_drift, desired_node
 from fliswarm.tools import Backoff
 
+from .liveness import LivenessProbe
 from .state import NodeState, NodeStatus, not_managed, should_restart
 
 
@@ -42,7 +43,12 @@ _DOING = {
     "replace": "replacing the flicamera container (it differs from the configuration)",
     "start": "starting the flicamera container",
     "connect": "connecting to flicamera",
+    "restart": "restarting the flicamera container (the camera does not answer)",
 }
+
+#: How many of the last lines of a container's output go to fliswarm's log before the
+#: container is restarted after a failure (crash, hang).
+EVIDENCE_LINES = 50
 
 
 async def _wait_set(event: asyncio.Event, timeout: float) -> None:
@@ -109,6 +115,18 @@ class NodeReconciler:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.report = SupervisorReport(self)
+        #: Why the camera was declared hung, until its container has been restarted.
+        self.hung: str | None = None
+        #: The container died and its output was kept (`died`), not yet repaired.
+        self._died = False
+        self._evidence_task: asyncio.Task[None] | None = None
+        self.liveness = LivenessProbe(
+            name,
+            device=lambda: self.actor.flicameras.get(name),
+            settings=lambda: self.actor.settings.liveness,
+            may_check=self._may_check,
+            on_hung=self.declare_hung,
+        )
 
     # ------------------------------------------------------------------ plumbing
 
@@ -116,10 +134,14 @@ class NodeReconciler:
         if self._task is None or self._task.done():
             self._stopping = False
             self._task = asyncio.create_task(self._loop(), name=f"fliswarm-reconcile-{self.name}")
+        self.liveness.start()
 
     async def stop(self) -> None:
         """Ends the supervision of the node (a step in progress is cancelled)."""
 
+        await self.liveness.stop()
+        if self._evidence_task is not None:
+            self._evidence_task.cancel()
         task, self._task = self._task, None
         if task is not None:
             # The flag and the wake-up end the loop even if the cancellation is lost (on
@@ -134,6 +156,41 @@ class NodeReconciler:
         """Asks for a reconcile step as soon as the back-off allows."""
 
         self.wake_event.set()
+
+    def _may_check(self) -> bool:
+        """Whether the liveness of the camera is checked now: a healthy node, self-healing,
+        no provisioning work, no hang being repaired."""
+
+        return (
+            self.hung is None
+            and self.status.state in (NodeState.ONLINE, NodeState.DRIFTED)
+            and self.actor.settings.self_healing
+            and not self.supervisor.provisioner.busy(self.name)
+        )
+
+    def declare_hung(self, reason: str) -> None:
+        """Liveness found the camera hung: the node is degraded, every command in flight to
+        the camera fails at once, and the next step restarts the container."""
+
+        self.hung = reason
+        self._set(NodeState.DEGRADED, f"{reason}; fliswarm restarts its container")
+        device = self.actor.flicameras.get(self.name)
+        if device is not None:
+            device.fail_running(f"the camera does not answer ({reason}).")
+        self.wake()
+
+    def died(self, container: str) -> None:
+        """The container died (an engine event) outside any provisioning work: its output
+        is kept at once, before the engine (restart policy) or a repair starts it again."""
+
+        if self.supervisor.provisioner.stopping(self.name):
+            return  # Provisioning stops it (restart, replace): not a failure.
+        self._died = True
+        previous = self._evidence_task
+        if previous is None or previous.done():
+            self._evidence_task = asyncio.create_task(
+                self._keep_evidence(container), name=f"fliswarm-evidence-{self.name}"
+            )
 
     def engine_connected(self) -> None:
         self._engine_up = True
@@ -288,7 +345,8 @@ class NodeReconciler:
             )
             return Outcome.HOLD
         why = f"{name}: flicamera container {cid} {how}; restarting it."
-        return await self._repair(desired, _DOING["start"], warning=why)
+        evidence, self._died = not self._died, False  # Else kept when it died (`died`).
+        return await self._repair(desired, _DOING["start"], warning=why, evidence=evidence)
 
     def _engine_down(self, reason: str, outcome: Outcome) -> Outcome:
         """The engine does not answer: offline, unless the camera is still connected (its
@@ -313,6 +371,12 @@ class NodeReconciler:
             )
         healthy = NodeState.DRIFTED if drift else NodeState.ONLINE
         reason = drift or "container running, camera connected"
+        self._died = False
+        if self.hung is not None and desired.self_healing:
+            why = f"{name}: {self.hung}; restarting its container."
+            return await self._repair(
+                desired, _DOING["restart"], healthy, reason, why, restart=True, evidence=True
+            )
         restart = (info.get("HostConfig") or {}).get("RestartPolicy") or {}
         # A container of 0.7 (removed when it stops) takes no restart policy: kept as it is.
         wanted = desired.engine_restart["Name"]
@@ -338,22 +402,28 @@ class NodeReconciler:
         healthy: NodeState = NodeState.ONLINE,
         reason: str = "container running, camera connected",
         warning: str | None = None,
+        restart: bool = False,
+        evidence: bool = False,
     ) -> Outcome:
         """Brings the node to its desired state through the one provisioning path.
 
         ``doing`` is the reason of the ``recovering`` state meanwhile (none if `None`);
-        ``warning`` tells every user what is being repaired. Nothing is done or said if other
+        ``warning`` tells every user what is being repaired; ``restart`` restarts a running
+        container (a hung camera); with ``evidence`` (a repair after a failure) the last lines
+        of the container's output go to fliswarm's log first. Nothing is done or said if other
         provisioning work (an operator's command) runs on the node.
         """
 
         provisioner = self.supervisor.provisioner
-        request = Request(replace_drifted=desired.replace_drifted)
+        request = Request(replace_drifted=desired.replace_drifted, restart=restart)
         async with self.supervisor.slot():
             if provisioner.busy(self.name):  # An operator got there first.
                 return Outcome.HOLD
             self.repairs += 1
             if warning is not None:
                 self._warn(warning)
+            if evidence:
+                await self._keep_evidence(desired.container)
             if doing is not None:
                 self._set(NodeState.RECOVERING, doing)
             try:
@@ -363,6 +433,7 @@ class NodeReconciler:
                 self._set(NodeState.DEGRADED, f"repair failed: {reason}; fliswarm tries again")
                 self._warn(f"{self.name}: repair failed: {reason}; fliswarm tries again.")
                 return Outcome.RETRY
+        self.hung = None
         log.info(
             "%s: container %s %s; flicamera connected after %.2f s",
             self.name,
@@ -372,6 +443,34 @@ class NodeReconciler:
         )
         self._set(healthy, reason)
         return Outcome.REPAIRED
+
+    async def _keep_evidence(self, container: str) -> None:
+        """The last lines of a failed container's output, to fliswarm's log (WARNING), and a
+        warning to every user that says where they are and where the rest is."""
+
+        name = self.name
+        node = self.actor.nodes[name]
+        try:
+            lines = await node.engine.container_logs(container, tail=EVIDENCE_LINES)
+        except NodeError as err:
+            log.warning("%s: cannot read the output of %s: %s", name, container, err.message)
+            return
+        if lines is None:
+            return
+        if not lines:
+            log.warning("%s: %s wrote no output before its restart.", name, container)
+            return
+        log.warning(
+            "%s: the last %d lines of the output of %s, kept before its restart:%s",
+            name,
+            len(lines),
+            container,
+            "".join(f"\n  | {line}" for line in lines),
+        )
+        self._warn(
+            f"{name}: the last {len(lines)} lines of flicamera's output are in fliswarm's log; "
+            f"fliswarm send logs -n {name} --tail 1000 shows more."
+        )
 
 
 class SupervisorReport:
