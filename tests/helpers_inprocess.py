@@ -5,6 +5,7 @@ For tests that compare what the actor writes with what CLU writes, line by line.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +36,18 @@ def offline_actor(log_dir: Path | str) -> Iterator[FLISwarmActor]:
     """A `FLISwarmActor` (no status loop, not started) logging to ``log_dir``."""
 
     config = {"actor": {"name": "fliswarm", "host": "127.0.0.1", "port": 0}, "status_interval": 0}
-    actor = FLISwarmActor.from_config(config, log_dir=log_dir)
+    # A CLU actor made outside a running loop creates a loop of its own, which nothing would
+    # close (a ResourceWarning in whichever later test the garbage collector runs): give it
+    # one, closed at the end.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        yield actor
+        actor = FLISwarmActor.from_config(config, log_dir=log_dir)
+        try:
+            yield actor
+        finally:
+            for handler in list(actor.log.handlers):
+                handler.close()
     finally:
-        for handler in list(actor.log.handlers):
-            handler.close()
+        asyncio.set_event_loop(None)
+        loop.close()

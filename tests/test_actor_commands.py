@@ -117,7 +117,9 @@ def test_container_user():
     assert container_user(node(gid=5)) is None
 
 
-def test_container_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+# async: a CLU actor takes the running loop; made outside one it creates a loop of its own
+# that nothing closes (a ResourceWarning in whichever later test the garbage collector runs).
+async def test_container_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("OBSERVATORY", "APO")
     config = load_config()  # The shipped APO/LCO configuration.
     config["environment"] = {"EXTRA": "1"}
