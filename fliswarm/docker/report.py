@@ -43,6 +43,12 @@ __all__ = ["report_engine", "by_engine", "image_digest_of", "running_image"]
 #: Errors of a list that say nothing about whether the engine is alive.
 _NO_ANSWER = (NodeUnreachableError, NodeTimeoutError, NodeTLSError)
 
+#: Manifest digests found by image inspects, by (engine, image id, repository). An image id's
+#: digest in a repository never changes: `status` inspects each image once per engine, not
+#: at every call.
+_DIGESTS: dict[tuple[str, str, str], str] = {}
+_DIGESTS_MAX = 1024
+
 
 def image_digest_of(image: Mapping[str, Any] | None, reference: str) -> str | None:
     """The manifest digest of an inspected image for the repository of ``reference``
@@ -245,13 +251,19 @@ async def _write_images(
     if len(found) != 1:
         return
     reference = str(found[0].get("Image") or "")
-    image = None
-    if "@" not in reference:
+    image_id = str(found[0].get("ImageID") or "")
+    key = (node.daemon_addr, image_id, repository_of(reference))
+    digest = image_digest_of(None, reference) if "@" in reference else _DIGESTS.get(key)
+    if digest is None and "@" not in reference:
         try:
-            image = await node.engine.inspect_image(str(found[0].get("ImageID") or reference))
+            image = await node.engine.inspect_image(image_id or reference)
         except NodeError:
             image = None
-    digest = image_digest_of(image, reference)
+        digest = image_digest_of(image, reference)
+        if digest is not None and image_id:
+            if len(_DIGESTS) >= _DIGESTS_MAX:
+                _DIGESTS.clear()
+            _DIGESTS[key] = digest
     wanted = image_digest_of(None, desired)
     value = [node.name, reference or "NA", digest or "NA", wanted or "NA", desired]
     report.info(image=value, validate=False)
