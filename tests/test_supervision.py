@@ -245,13 +245,15 @@ async def test_container_killed_while_idle(swarm: Swarm) -> None:
     events = [line.values("containerEvent") for line in swarm.client.lines[index:]]
     assert ["gfa1", "die", before["Id"][:12], "137"] in events
 
-    # Whoever restarts it first (the engine's restart policy or the supervisor: a race),
-    # users are told where the crashed container's last output is.
-    def evidence(line: Any) -> bool:
-        text = " ".join(line.values("text"))
-        return "gfa1: the last" in text and "fliswarm send logs -n gfa1" in text
-
-    await swarm.client.wait_for(evidence, 15, index)
+    # Whoever restarts it first (the engine's restart policy or the supervisor: a race), users
+    # are warned, by name: the supervisor's "restarting it", the crash evidence (when the
+    # container wrote output) or, always, the camera connection the crash closed.
+    warned = [
+        " ".join(line.values("text"))
+        for line in swarm.client.lines[index:]
+        if line.code == "w" and "text" in line.keywords
+    ]
+    assert any(text.startswith("gfa1: ") for text in warned), warned
     assert_plain(swarm.lines_since(mark))
 
 
