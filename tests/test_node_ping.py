@@ -32,7 +32,6 @@ async def test_busybox_ping_loopback(tmp_path, monkeypatch):
     busybox = shutil.which("busybox")
     assert busybox is not None, "no busybox: run scripts/install-deps.sh"
     os.symlink(busybox, tmp_path / "ping")  # BusyBox's ping, the only one on PATH.
-    monkeypatch.delenv("FLISWARM_PING", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     program = await ping_module.find_ping()
     assert (program.flavour, program.fractional) == ("busybox", False)
@@ -40,7 +39,6 @@ async def test_busybox_ping_loopback(tmp_path, monkeypatch):
 
 
 async def test_missing_ping_program(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLISWARM_PING", "")
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(PingError, match="no 'ping' program"):
         await ping_module.ping("127.0.0.1", 0.5)
