@@ -17,7 +17,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from fliswarm.docker.containers import auto_removed, made_by_fliswarm, short_id
-from fliswarm.exceptions import NodeError
+from fliswarm.exceptions import NodeError, PingError
 from fliswarm.provision import ProvisionError, Request
 from fliswarm.provision.desired import DesiredNode, container_drift, desired_node
 from fliswarm.tools import Backoff
@@ -45,6 +45,10 @@ _DOING = {
     "connect": "connecting to flicamera",
     "restart": "restarting the flicamera container (the camera does not answer)",
 }
+
+#: Seconds the node gets to answer an ICMP echo when its engine does not answer while the
+#: camera's connection still looks open (`NodeReconciler._engine_down`).
+SILENT_PING = 1.0
 
 #: How many of the last lines of a container's output go to fliswarm's log before the
 #: container is restarted after a failure (crash, hang).
@@ -117,6 +121,8 @@ class NodeReconciler:
         self.report = SupervisorReport(self)
         #: Why the camera was declared hung, until its container has been restarted.
         self.hung: str | None = None
+        #: Why flicamera has no camera connected (liveness), while it has none.
+        self.no_camera: str | None = None
         #: The container died and its output was kept (`died`), not yet repaired.
         self._died = False
         self._evidence_task: asyncio.Task[None] | None = None
@@ -126,6 +132,7 @@ class NodeReconciler:
             settings=lambda: self.actor.settings.liveness,
             may_check=self._may_check,
             on_hung=self.declare_hung,
+            on_camera=self.camera_missing,
         )
 
     # ------------------------------------------------------------------ plumbing
@@ -163,7 +170,10 @@ class NodeReconciler:
 
         return (
             self.hung is None
-            and self.status.state in (NodeState.ONLINE, NodeState.DRIFTED)
+            and (
+                self.status.state in (NodeState.ONLINE, NodeState.DRIFTED)
+                or self.no_camera is not None
+            )
             and self.actor.settings.self_healing
             and not self.supervisor.provisioner.busy(self.name)
         )
@@ -178,6 +188,16 @@ class NodeReconciler:
         if device is not None:
             device.fail_running(f"the camera does not answer ({reason}).")
         self.wake()
+
+    def camera_missing(self, reason: str | None) -> None:
+        """Liveness: flicamera answers but has no camera connected (``reason``: the node is
+        degraded, nothing is restarted), or has it (`None`: the next step says online)."""
+
+        was, self.no_camera = self.no_camera, reason
+        if reason is not None:
+            self._set(NodeState.DEGRADED, reason)
+        elif was is not None:
+            self.wake()
 
     def died(self, container: str) -> None:
         """The container died (an engine event) outside any provisioning work: its output
@@ -283,13 +303,13 @@ class NodeReconciler:
         healing = desired.self_healing
 
         if self._engine_up is False:
-            return self._engine_down(self._engine_reason, Outcome.OFFLINE)
+            return await self._engine_down(self._engine_reason, Outcome.OFFLINE)
 
         try:
             async with self.supervisor.slot():
                 info = await node.engine.inspect_container(desired.container)
         except NodeError as err:
-            return self._engine_down(err.message, Outcome.RETRY)
+            return await self._engine_down(err.message, Outcome.RETRY)
 
         if info is None:
             if device.is_connected():
@@ -348,15 +368,29 @@ class NodeReconciler:
         evidence, self._died = not self._died, False  # Else kept when it died (`died`).
         return await self._repair(desired, _DOING["start"], warning=why, evidence=evidence)
 
-    def _engine_down(self, reason: str, outcome: Outcome) -> Outcome:
-        """The engine does not answer: offline, unless the camera is still connected (its
-        connection has a short TCP keep-alive: if the node is dead it drops soon)."""
+    async def _engine_down(self, reason: str, outcome: Outcome) -> Outcome:
+        """The engine does not answer: offline, unless the camera is still connected and
+        the node answers an ICMP echo (a stopped or hung dockerd, a TLS problem: the camera
+        works). A node that answers neither (network cut, powered off) is offline at once,
+        even while the camera's connection has not noticed yet (its TCP keep-alive takes
+        longer than the engine's heartbeat)."""
 
-        if self.actor.flicameras[self.name].is_connected():
+        if self.actor.flicameras[self.name].is_connected() and await self._node_answers():
             self._set(NodeState.DEGRADED, f"the camera still works; {reason}")
             return Outcome.HOLD
         self._set(NodeState.OFFLINE, reason)
         return outcome
+
+    async def _node_answers(self) -> bool:
+        """Whether the node answers an ICMP echo within `SILENT_PING` s (`True` when it
+        cannot be told: no ``ping`` program)."""
+
+        node = self.actor.nodes[self.name]
+        try:
+            return await node.ping(min(SILENT_PING, node.ping_timeout))
+        except PingError as err:
+            log.debug("%s: cannot ping the node: %s", self.name, err)
+            return True
 
     async def _running(
         self, desired: DesiredNode, info: dict[str, Any], drift: str | None
@@ -382,7 +416,10 @@ class NodeReconciler:
         wanted = desired.engine_restart["Name"]
         policy_ok = auto_removed(info) or restart.get("Name", "no") == wanted
         if device.is_connected() and (policy_ok or not desired.self_healing):
-            self._set(healthy, reason)
+            if self.no_camera is not None:
+                self._set(NodeState.DEGRADED, self.no_camera)
+            else:
+                self._set(healthy, reason)
             return Outcome.OK
         if not desired.self_healing:
             self._set(
