@@ -218,6 +218,8 @@ def test_defaults_filled(tmp_path: pathlib.Path) -> None:
         "interval": 5,
         "timeout": 4,
         "failures": 3,
+        "readout": 5,
+        "margin": 10,
     }
     assert config["restart_policy"] == "always"
     assert config["self_healing"] is True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -22,7 +23,7 @@ import yaml
 from test_operator_text import assert_plain
 from test_supervision import Swarm, recover_all
 
-from fliswarm.camera.device import FlicameraDevice
+from fliswarm.camera.device import NO_CAMERA, FlicameraDevice
 from fliswarm.camera.subcommand import SubCommand
 from fliswarm.commands.talk import default_timeout
 from fliswarm.config.settings import LivenessSettings, Settings
@@ -97,6 +98,10 @@ class FakeDevice:
         self.late: Any = None
         self.answer: bool | None = True  # None: no answer (time-out).
         self.sent: list[tuple[str, float]] = []
+        self.overran: Any = None
+        self.camera_known = True
+        self.camera_missing: str | None = None
+        self.cameras: list[str] = ["gfa1"]  # What ``list`` answers.
 
     def is_connected(self) -> bool:
         return self.connected
@@ -104,8 +109,14 @@ class FakeDevice:
     def overdue(self, limit: float) -> Any:
         return self.late
 
+    def overrun(self, readout: float, margin: float) -> Any:
+        return self.overran
+
     async def run(self, command: str, parent: Any, timeout: float) -> Any:
         self.sent.append((command, timeout))
+        if command == "list" and self.answer:
+            self.camera_known = True
+            self.camera_missing = None if self.cameras else "no camera"
         if self.answer is None:
             self.unanswered += 1
         return SimpleNamespace(
@@ -113,8 +124,14 @@ class FakeDevice:
         )
 
 
-def probe_of(device: FakeDevice, hung: list[str], **settings: Any) -> LivenessProbe:
+def probe_of(
+    device: FakeDevice,
+    hung: list[str],
+    cameras: list[str | None] | None = None,
+    **settings: Any,
+) -> LivenessProbe:
     values = {"enabled": True, "command": "ping", "interval": 5, "timeout": 4, "failures": 3}
+    values.update(readout=5, margin=10)
     values.update(settings)
     return LivenessProbe(
         "gfa1",
@@ -122,6 +139,7 @@ def probe_of(device: FakeDevice, hung: list[str], **settings: Any) -> LivenessPr
         settings=lambda: LivenessSettings(**values),
         may_check=lambda: True,
         on_hung=hung.append,
+        on_camera=None if cameras is None else cameras.append,
     )
 
 
@@ -179,6 +197,75 @@ async def test_probe_checks_nothing_when_disconnected_or_disabled():
     probe = probe_of(device, hung, failures=1)
     await probe.look()
     assert device.sent == [] and not hung
+
+
+async def test_probe_counts_an_overrun_exposure():
+    device, hung = FakeDevice(), []
+    probe = probe_of(device, hung, failures=2)
+    device.busy = True
+    device.overran = (SimpleNamespace(command_string="expose 3"), 6.0)
+    await probe.look()
+    assert not hung
+    await probe.look()
+    assert device.sent == []  # Nothing sent to a busy camera.
+    assert len(hung) == 1 and "the exposure 'expose 3' has run for more than 6 s" in hung[0]
+
+
+def test_overrun_limit_of_an_exposure():
+    limit = SubCommand.overrun_limit
+    assert limit(SimpleNamespace(command_string="status", is_exposure=False), 5, 10) is None  # type: ignore[arg-type]
+
+    def of(command: str) -> float | None:
+        sub = SimpleNamespace(command_string=command, is_exposure=command.startswith("expose"))
+        return limit(sub, 5, 10)  # type: ignore[arg-type]
+
+    assert of("expose 3") == 3 + 5 + 10
+    assert of("expose gfa1 2 -c 3") == 2 * 3 + 5 * 3 + 10
+    assert of("expose --dark 2 -s 2 -c 2") == 2 * 4 + 5 * 4 + 10
+    assert of("expose 'unbalanced") == 0 + 5 + 10
+
+
+async def test_the_device_learns_whether_flicamera_has_its_camera():
+    device = FlicameraDevice("gfa1", "127.0.0.1", 1)
+    assert not device.camera_known and device.camera_missing is None
+
+    def line(code: str, data: dict[str, Any], command_id: int | None = None) -> bytes:
+        header = {"command_id": command_id, "message_code": code, "commander_id": None}
+        return json.dumps({"header": header, "data": data}).encode() + b"\n"
+
+    device.handle_line(line("i", {"text": "Camera disconnected: gfa1"}))
+    assert not device.camera_known  # Another camera may be left: list tells.
+    device.handle_line(line(":", {"cameras": [], "default_cameras": None}))
+    assert device.camera_known and device.camera_missing == NO_CAMERA
+    device.handle_line(line("i", {"text": "Camera connected: gfa1"}))
+    assert device.camera_known and device.camera_missing is None
+    device.handle_line(line("f", {"text": "no cameras connected."}))
+    assert device.camera_missing == NO_CAMERA
+    device.handle_line(line(":", {"cameras": ["gfa1"], "default_cameras": None}))
+    assert device.camera_missing is None
+    device.handle_line(line("i", {"text": "no cameras connected."}))  # Not a failure.
+    assert device.camera_missing is None
+
+
+async def test_probe_reports_a_missing_camera_without_counting_a_failure():
+    device, hung, cameras = FakeDevice(), [], []
+    probe = probe_of(device, hung, cameras, failures=1)
+    device.camera_known = False  # A new connection: list asked once.
+    await probe.look()
+    assert device.sent == [("ping", 4), ("list", 4)] and cameras == [None]
+    await probe.look()
+    assert device.sent[2:] == [("ping", 4)]  # Known: no list.
+    device.camera_known, device.cameras = False, []  # "Camera disconnected: gfa1".
+    await probe.look()
+    await probe.look()  # Missing: list asked at each look, until it is back.
+    assert cameras == [None, None, "no camera", "no camera"]
+    assert not hung and probe.counter.failures == 0
+    device.cameras = ["gfa1"]
+    await probe.look()
+    assert cameras[-1] is None and not hung
+    device.connected = False
+    await probe.look()
+    assert cameras[-1] is None
 
 
 # ------------------------------------------------------------------------------ the test bed

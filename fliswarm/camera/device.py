@@ -29,9 +29,19 @@ if TYPE_CHECKING:
     from clu.command import BaseCommand
 
 
-__all__ = ["FlicameraDevice", "ReplyStream", "SubCommand", "relay_code", "DEFAULT_LINE_LIMIT"]
+__all__ = [
+    "FlicameraDevice",
+    "ReplyStream",
+    "SubCommand",
+    "relay_code",
+    "DEFAULT_LINE_LIMIT",
+    "NO_CAMERA",
+]
 
 log = logging.getLogger("fliswarm.camera.device")
+
+#: The reason of a node whose flicamera answers but has no camera connected.
+NO_CAMERA = "flicamera has no camera connected (is the camera powered and on the node's USB bus?)"
 
 #: Longest reply line accepted from flicamera (bytes); longer lines are dropped.
 DEFAULT_LINE_LIMIT = 1024 * 1024
@@ -239,6 +249,14 @@ class FlicameraDevice:
         self.unanswered = 0
         #: When the last reply line came from flicamera (`time.monotonic`; 0: never).
         self.last_reply = 0.0
+        #: Why the camera is not connected to flicamera, as far as its answers tell
+        #: (`NO_CAMERA`), or `None`; see `camera_known`.
+        self.camera_missing: str | None = None
+        #: Whether flicamera's answers on this connection told whether it has its camera:
+        #: a ``cameras`` keyword (``list``), ``no cameras connected.``, or its broadcast
+        #: ``Camera connected: <name>``. A new connection, and the broadcast ``Camera
+        #: disconnected: <name>``, make it unknown again (``list`` then tells).
+        self.camera_known = False
 
     def __repr__(self) -> str:
         state = "connected" if self.is_connected() else "disconnected"
@@ -301,6 +319,8 @@ class FlicameraDevice:
             self._stream = stream
             self.last_error = None
             self._stop_reason = None
+            self.camera_missing = None
+            self.camera_known = False
             log.debug("%s: connected to flicamera at %s:%s", self.name, self.host, self.port)
         return self
 
@@ -398,6 +418,19 @@ class FlicameraDevice:
                 return sub
         return None
 
+    def overrun(self, readout: float, margin: float) -> tuple[SubCommand, float] | None:
+        """An exposure in flight for longer than its exposure time plus ``readout`` per image
+        plus ``margin`` (`.SubCommand.overrun_limit`), with that limit, if there is one."""
+
+        now = time.monotonic()
+        for sub in self.running.values():
+            if sub.future.done() or not sub.is_exposure:
+                continue
+            limit = sub.overrun_limit(readout, margin)
+            if limit is not None and now - sub.started > limit:
+                return sub, limit
+        return None
+
     def fail_running(self, reason: str) -> None:
         """Fails every command in flight at once, with ``<node>: <reason>``; their ids stay
         taken until flicamera ends them or the connection goes."""
@@ -470,6 +503,8 @@ class FlicameraDevice:
                 return
 
         if data:
+            if "text" in data or "cameras" in data:
+                self._camera_news(data, code)
             if sub is not None and code in _ERROR_CODES:
                 sub.error = _error_text(self.name, data) or sub.error
             if _UNSAFE.search(line):
@@ -481,6 +516,26 @@ class FlicameraDevice:
                 self._end(sub, True)
             elif code in _FINAL_FAILED:
                 self._end(sub, False, sub.error or f"{self.name}: '{sub.command_string}' failed.")
+
+    def _camera_news(self, data: dict[str, Any], code: str) -> None:
+        """What a flicamera reply says about its camera (see `camera_known`)."""
+
+        cameras = data.get("cameras")
+        if isinstance(cameras, list):
+            self.camera_known = True
+            self.camera_missing = None if cameras else NO_CAMERA
+            return
+        text = data.get("text")
+        if not isinstance(text, str):
+            return
+        if code in _FINAL_FAILED and text.strip().lower() == "no cameras connected.":
+            self.camera_known = True
+            self.camera_missing = NO_CAMERA
+        elif text.startswith("Camera connected: "):
+            self.camera_known = True
+            self.camera_missing = None
+        elif text.startswith("Camera disconnected: "):
+            self.camera_known = False  # Another camera may be left: ``list`` tells.
 
     def _relay(self, code: str, data: dict[str, Any], sub: SubCommand | None) -> None:
         name = self.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -12,7 +13,56 @@ if TYPE_CHECKING:
     from clu.command import BaseCommand
 
 
-__all__ = ["SubCommand", "wait_all"]
+__all__ = ["SubCommand", "wait_all", "exposure_plan", "expected_duration"]
+
+# Options of flicamera's ``expose`` that take a value.
+_EXPOSE_VALUE_OPTIONS = {"-f", "--filename", "-n", "--num", "-s", "--stack", "-c", "--count"}
+
+
+def exposure_plan(args: Sequence[str]) -> tuple[float, int] | None:
+    """The exposure time and the number of images read out of a flicamera exposure.
+
+    For ``expose [CAMERAS] EXPTIME [-c COUNT] [-s STACK] ...`` it is ``(EXPTIME, COUNT *
+    STACK)``, with an exposure time of zero when it cannot be parsed; `None` for any other
+    command.
+    """
+
+    if not args or args[0] != "expose":
+        return None
+    exptime: float | None = None
+    values = {"count": 1, "stack": 1}
+    tokens = list(args[1:])
+    while tokens:
+        token = tokens.pop(0)
+        option, _, inline = token.partition("=")
+        if option in _EXPOSE_VALUE_OPTIONS:
+            value = inline if inline else (tokens.pop(0) if tokens else "")
+            name = option.lstrip("-")
+            name = {"c": "count", "s": "stack"}.get(name, name)
+            if name in values:
+                try:
+                    values[name] = max(int(value), 1)
+                except ValueError:
+                    pass
+        elif exptime is None and not token.startswith("--"):
+            try:
+                exptime = float(token)
+            except ValueError:
+                continue
+    if exptime is None or exptime != exptime or exptime < 0:  # None, NaN or negative.
+        exptime = 0.0
+    return exptime, values["count"] * values["stack"]
+
+
+def expected_duration(args: Sequence[str]) -> float:
+    """How long a flicamera command is expected to take beyond the usual, in seconds.
+
+    For ``expose [CAMERAS] EXPTIME [-c COUNT] [-s STACK] ...`` it is ``EXPTIME * COUNT *
+    STACK``; zero for any other command (or when the values cannot be parsed).
+    """
+
+    plan = exposure_plan(args)
+    return 0.0 if plan is None else plan[0] * plan[1]
 
 
 class SubCommand:
@@ -97,6 +147,22 @@ class SubCommand:
         """Whether the command is a flicamera exposure (``expose ...``)."""
 
         return self.command_string.split(maxsplit=1)[:1] == ["expose"]
+
+    def overrun_limit(self, readout: float, margin: float) -> float | None:
+        """For an exposure, the seconds after which it has overrun: its exposure time plus
+        ``readout`` per image plus ``margin``; `None` for any other command."""
+
+        if not self.is_exposure:
+            return None
+        try:
+            args = shlex.split(self.command_string)
+        except ValueError:
+            args = self.command_string.split()
+        plan = exposure_plan(args)
+        if plan is None:
+            return None
+        exptime, images = plan
+        return exptime * images + readout * images + margin
 
     def add_listener(self, listener: Callable[[SubCommand], object]) -> None:
         """Calls ``listener(self)`` as soon as the sub-command ends (at once if it has).

@@ -4,7 +4,8 @@
 if the tag moves), then goes through the selected nodes in batches. For each batch: wait
 until its cameras are idle (unless ``--now``), pull the image, replace each container with
 one pinned to the digest through the one provisioning path (`.Provisioner.provision`, the
-node's desired image being the new one), and wait until each camera answers ``ping``. A node
+node's desired image being the new one), and wait until each camera answers its liveness
+command (``liveness.command``, ``ping`` by default). A node
 that fails puts its whole batch back on the image it ran before, and the command stops
 there: later nodes are not touched. Each node deployed keeps its new image as its desired
 image (the supervisor's repairs and ``reconnect --force`` use it), across restarts of
@@ -46,7 +47,8 @@ T = TypeVar("T")
 #: How long a batch waits for its cameras to finish what they run, in seconds.
 IDLE_TIMEOUT = 300.0
 
-#: How long a camera gets to answer ``ping`` once its new container accepts connections.
+#: How long a camera gets to answer its liveness command once its new container accepts
+#: connections.
 ANSWER_TIMEOUT = 20.0
 
 #: One ``deploy`` or ``rollback`` at a time per actor.
@@ -151,19 +153,23 @@ async def _wait_idle(command: FLISwarmCommand, batch: Sequence[str]) -> None:
 
 
 async def _answers(command: FLISwarmCommand, name: str) -> float:
-    """Waits until the node's camera answers ``ping``; returns the seconds it took."""
+    """Waits until the node's camera answers its liveness command (``liveness.command``);
+    returns the seconds it took."""
 
     device = command.actor.flicameras[name]
+    check = command.actor.settings.liveness.command
     start = time.monotonic()
     deadline = start + ANSWER_TIMEOUT
     why = "no answer"
     while (left := deadline - time.monotonic()) > 0:
-        sub = await device.run("ping", None, timeout=min(left, 5.0))
+        sub = await device.run(check, None, timeout=min(left, 5.0))
         if sub.ok:
             return time.monotonic() - start
         why = (sub.error or "it failed").rstrip(".")
         await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-    raise _NodeFailed(name, f"the camera did not answer ping within {ANSWER_TIMEOUT:g} s ({why})")
+    raise _NodeFailed(
+        name, f"the camera did not answer '{check}' within {ANSWER_TIMEOUT:g} s ({why})"
+    )
 
 
 async def _pull(command: FLISwarmCommand, name: str, image: str) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from fliswarm.camera.device import SubCommand
-from fliswarm.camera.subcommand import wait_all
+from fliswarm.camera.subcommand import expected_duration, wait_all
 from fliswarm.commands import parser
 from fliswarm.tools import select_nodes, split_names
 
@@ -21,43 +21,6 @@ if TYPE_CHECKING:
 
 
 __all__ = ["talk", "expected_duration", "default_timeout"]
-
-# Options of flicamera's ``expose`` that take a value.
-_EXPOSE_VALUE_OPTIONS = {"-f", "--filename", "-n", "--num", "-s", "--stack", "-c", "--count"}
-
-
-def expected_duration(args: Sequence[str]) -> float:
-    """How long a flicamera command is expected to take beyond the usual, in seconds.
-
-    For ``expose [CAMERAS] EXPTIME [-c COUNT] [-s STACK] ...`` it is ``EXPTIME * COUNT *
-    STACK``; zero for any other command (or when the values cannot be parsed).
-    """
-
-    if not args or args[0] != "expose":
-        return 0.0
-    exptime: float | None = None
-    values = {"count": 1, "stack": 1}
-    tokens = list(args[1:])
-    while tokens:
-        token = tokens.pop(0)
-        option, _, inline = token.partition("=")
-        if option in _EXPOSE_VALUE_OPTIONS:
-            value = inline if inline else (tokens.pop(0) if tokens else "")
-            name = option.lstrip("-")
-            name = {"c": "count", "s": "stack"}.get(name, name)
-            if name in values:
-                try:
-                    values[name] = max(int(value), 1)
-                except ValueError:
-                    pass
-        elif exptime is None and not token.startswith("--"):
-            try:
-                exptime = float(token)
-            except ValueError:
-                continue
-    if exptime is None or exptime != exptime or exptime < 0:  # None, NaN or negative.
-        return 0.0
-    return exptime * values["count"] * values["stack"]
 
 
 def default_timeout(timeouts: Timeouts, args: Sequence[str]) -> float:
@@ -126,6 +89,8 @@ async def _run_on_nodes(
     for name in names:
         device = flicameras.get(name)
         if device is not None and device.is_connected():
+            if device.camera_missing is not None:
+                command.warning(text=f"{name}: {device.camera_missing}; sending it anyway.")
             sent.append(device.submit(camera_command, command))
         else:
             coro = _run_on_node(command, name, camera_command, timeout)

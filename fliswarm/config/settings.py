@@ -66,6 +66,10 @@ class LivenessSettings:
     timeout: float
     #: Failed checks in a row after which the camera is declared hung.
     failures: int
+    #: Seconds per image an exposure may take beyond its exposure time (readout, writing).
+    readout: float
+    #: Seconds added once before an exposure counts as overrun.
+    margin: float
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,8 @@ class Settings:
                 interval=float(liveness["interval"]),
                 timeout=float(liveness["timeout"]),
                 failures=int(liveness["failures"]),
+                readout=float(liveness["readout"]),
+                margin=float(liveness["margin"]),
             ),
             restart_policy=top["restart_policy"],
             self_healing=bool(top["self_healing"]),

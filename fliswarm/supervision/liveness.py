@@ -5,11 +5,18 @@ container runs, the connection stays up, and only a command shows that nothing a
 `LivenessSettings.interval` seconds, `LivenessProbe` looks at the connected camera of a node:
 
 - a command sent through fliswarm that got no answer within its time limit since the last
-  look, or one other than an exposure in flight for longer than `LivenessSettings.timeout`
-  while flicamera sent no reply line for that long, is a failed check;
+  look, one other than an exposure in flight for longer than `LivenessSettings.timeout`
+  while flicamera sent no reply line for that long, or an exposure in flight for longer
+  than its exposure time plus `LivenessSettings.readout` per image plus
+  `LivenessSettings.margin` (it overran: a camera hung in an exposure), is a failed check;
 - otherwise, while a command sent through fliswarm runs on the camera, nothing is sent (those
   commands have their own time limits);
-- otherwise the check command (``ping``) is sent, with ``timeout`` to answer.
+- otherwise the check command (``ping``) is sent, with ``timeout`` to answer. When it
+  answers, whether flicamera has its camera is looked at: its answers and broadcasts tell
+  (``no cameras connected.``, ``Camera disconnected: <name>``), and ``list`` is asked when
+  they have not on this connection or while the camera is missing. A camera that is not
+  connected is no failed check: ``on_camera`` is called with the reason (the reconciler
+  degrades the node, restarts nothing), then with `None` when it is back.
 
 `LivenessCounter` (pure logic) counts failed checks in a row; at `LivenessSettings.failures`
 the probe calls ``on_hung`` with the reason (the reconciler then degrades the node, fails the
@@ -94,6 +101,9 @@ class LivenessProbe:
         Whether the camera may be checked now (supervised, self-healing, no provisioning).
     on_hung
         Called with the reason when the camera is declared hung.
+    on_camera
+        Called at each look that tells, with the reason when flicamera answers but has no
+        camera connected, with `None` when it has one (or its connection went).
     """
 
     def __init__(
@@ -103,12 +113,16 @@ class LivenessProbe:
         settings: Callable[[], LivenessSettings],
         may_check: Callable[[], bool],
         on_hung: Callable[[str], object],
+        on_camera: Callable[[str | None], object] | None = None,
     ) -> None:
         self.name = name
         self.device = device
         self.settings = settings
         self.may_check = may_check
         self.on_hung = on_hung
+        self.on_camera = on_camera
+        #: What was last reported through ``on_camera``.
+        self.camera_missing: str | None = None
         self.counter = LivenessCounter(settings().failures)
         #: Checks sent, and the camera declared hung.
         self.checks = 0
@@ -157,6 +171,8 @@ class LivenessProbe:
         ):
             counter.reset()
             self._unanswered = None
+            if device is None or not device.is_connected():
+                self._camera(None)  # A new connection tells again.
             return
 
         seen, self._unanswered = self._unanswered, device.unanswered
@@ -167,22 +183,26 @@ class LivenessProbe:
             reason = (
                 f"'{late.command_string}' has had no answer for more than {settings.timeout:g} s"
             )
+        elif (overrun := device.overrun(settings.readout, settings.margin)) is not None:
+            sub, limit = overrun
+            reason = (
+                f"the exposure '{sub.command_string}' has run for more than {limit:g} s "
+                "(exposure time + readout + margin)"
+            )
         elif device.busy:
             return  # Its commands have their own time limits.
         else:
             self.checks += 1
             sub = await device.run(settings.command, _DISCARD, timeout=settings.timeout)
             self._unanswered = device.unanswered  # Its own time-out is not counted twice.
-            if sub.ok:
-                counter.ok()
-                return
-            if not device.is_connected() or not self.may_check():
+            if not sub.ok and (not device.is_connected() or not self.may_check()):
                 counter.reset()  # The connection went, or a repair began: not a hang.
                 return
             if sub.timed_out:
                 reason = f"no answer to '{settings.command}' within {settings.timeout:g} s"
             else:  # It answers, even if with an error: not hung.
                 counter.ok()
+                await self._look_at_camera(device, settings)
                 return
 
         if counter.failed(reason):
@@ -199,3 +219,29 @@ class LivenessProbe:
                 counter.threshold,
                 reason,
             )
+
+    async def _look_at_camera(self, device: FlicameraDevice, settings: LivenessSettings) -> None:
+        """flicamera answers: whether it has its camera. Its answers and broadcasts tell
+        (`.FlicameraDevice.camera_missing`); when they have not on this connection, or while
+        the camera is missing, ``list`` is asked (its ``cameras`` keyword)."""
+
+        if not self.may_check():
+            return
+        if not device.camera_known or device.camera_missing is not None:
+            sub = await device.run("list", _DISCARD, timeout=settings.timeout)
+            if not sub.ok or not device.is_connected() or not self.may_check():
+                return  # No news; the next look asks again.
+        if device.camera_known:
+            self._camera(device.camera_missing)
+
+    def _camera(self, missing: str | None) -> None:
+        """Reports whether flicamera has its camera (logged when that changes)."""
+
+        if missing != self.camera_missing:
+            self.camera_missing = missing
+            if missing is not None:
+                log.warning("%s: %s", self.name, missing)
+            else:
+                log.info("%s: flicamera has its camera again", self.name)
+        if self.on_camera is not None:
+            self.on_camera(missing)

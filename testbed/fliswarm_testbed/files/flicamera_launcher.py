@@ -9,14 +9,23 @@ start --debug``), but with a generated configuration and simulation profile. Env
 - ``FLICAMERA_DATA_DIR``: where images and logs go (default ``/data``, the mounted volume).
 - ``FLICAMERA_HOST`` / ``FLICAMERA_PORT``: listening address (default ``0.0.0.0:19995``).
 
+Signals (sent through the engine, ``POST /containers/{id}/kill?signal=...``) unplug and plug
+the simulated camera: ``SIGUSR1`` takes its device off the simulated USB bus and removes the
+camera from flicamera's camera system, as flicamera's camera poller does when a real camera
+is unplugged (flicamera then answers ``no cameras connected.`` and broadcasts ``Camera
+disconnected: <name>``); ``SIGUSR2`` puts it back and adds the camera again (``Camera
+connected: <name>``).
+
 This file is stand-alone (stdlib + flicamera only): it runs with the image's Python.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import signal
 import sys
 import tempfile
 
@@ -99,6 +108,53 @@ def patch_flicamera() -> None:
     FLICameraSystem.setup = setup
 
 
+def add_unplug_signals() -> None:
+    """``SIGUSR1`` unplugs the simulated camera, ``SIGUSR2`` plugs it back (see the module)."""
+
+    import flicamera.__main__ as cli
+
+    make_system = cli.get_mock_camera_system
+
+    async def get_mock_camera_system(*args: object, **kwargs: object) -> object:
+        system = await make_system(*args, **kwargs)  # type: ignore[arg-type]
+        devices = system.lib.libc.devices
+        known = {camera.name: camera.uid for camera in system.cameras}
+        unplugged: list = []
+        busy: list[asyncio.Task] = []
+
+        async def unplug() -> None:
+            for name in list(known):  # Closed first, as flicamera's poller does.
+                if system.get_camera(name=name):
+                    await system.remove_camera(name=name)
+            unplugged.extend(devices)
+            devices.clear()
+
+        async def plug() -> None:
+            devices.extend(unplugged)
+            unplugged.clear()
+            for name, uid in known.items():
+                if not system.get_camera(name=name):
+                    await system.add_camera(name=name, uid=uid)
+
+        def run(action: object) -> None:
+            busy[:] = [task for task in busy if not task.done()]
+            previous = list(busy)
+
+            async def after() -> None:  # In the order the signals came.
+                for task in previous:
+                    await asyncio.gather(task, return_exceptions=True)
+                await action()  # type: ignore[operator]
+
+            busy.append(asyncio.ensure_future(after()))
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, run, unplug)
+        loop.add_signal_handler(signal.SIGUSR2, run, plug)
+        return system
+
+    cli.get_mock_camera_system = get_mock_camera_system
+
+
 def main() -> None:
     """Writes the configuration, patches flicamera and runs its command line."""
 
@@ -113,6 +169,7 @@ def main() -> None:
         json.dump(make_config(name, observatory, data_dir), f)
 
     patch_flicamera()
+    add_unplug_signals()
     from flicamera.__main__ import main as flicamera_main
 
     sys.argv = ["flicamera", "-c", f.name, "--simulate", "--simulation-profile", "sim"]
