@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import click
 import pytest
@@ -49,7 +51,13 @@ def free_port() -> int:
 
 @pytest.mark.parametrize(
     "workaround",
-    [compat.SERVER_LEAK, compat.COMMAND_LINES, compat.CONTEXT_LEAK, compat.BUILTIN_COMMANDS],
+    [
+        compat.SERVER_LEAK,
+        compat.COMMAND_LINES,
+        compat.CONTEXT_LEAK,
+        compat.BUILTIN_COMMANDS,
+        compat.VERSION_LOOKUP,
+    ],
 )
 def test_every_workaround_is_active_for_the_installed_clu(workaround: compat.Workaround):
     assert workaround.fixed_in is None and workaround.active
@@ -189,6 +197,52 @@ def test_context_leak_each_command_leaves_its_click_context():
 
     leaked = asyncio.run(run())
     assert leaked is not None and leaked.command is group
+
+
+def _version_lookups(group_class: type[click.Group], words: list[str]) -> tuple[int, list]:
+    """How often parsing and running ``words`` with a group of ``group_class`` reads a
+    package's version from its metadata, and what the sub-command got."""
+
+    @click.group(cls=group_class)
+    def group() -> None:
+        pass
+
+    got: list = []
+
+    @group.command(cls=click.Command)
+    @click.option("-n", "--names")
+    @click.argument("rest", nargs=-1)
+    def hello(names: str | None, rest: tuple[str, ...]) -> None:
+        got.append((names, rest))
+
+    lookups = []
+    real = importlib.metadata.version
+
+    def counted(name: str) -> str:
+        lookups.append(name)
+        return real(name)
+
+    with mock.patch("importlib.metadata.version", counted):
+        ctx = group.make_context("parser", list(words))
+        with ctx:
+            group.invoke(ctx)
+    return len(lookups), got
+
+
+def test_version_lookup_clu_reads_click_metadata_at_every_command():
+    """VERSION_LOOKUP: CluGroup.parse_args reads click's version from the metadata."""
+
+    lookups, _ = _version_lookups(CluGroup, ["hello", "-n", "gfa1"])
+    assert lookups == 1
+
+
+def test_version_lookup_the_group_parses_as_clu_without_the_lookup():
+    for words in (["hello"], ["hello", "-n", "gfa1", "a", "b"], ["hello", "--names=x"]):
+        lookups, got = _version_lookups(compat.CluGroupOnce, words)
+        assert lookups == 0
+        assert got and got == _version_lookups(CluGroup, words)[1]
+    with pytest.raises(click.exceptions.Exit):  # No arguments: CLU's quiet exit.
+        _version_lookups(compat.CluGroupOnce, [])
 
 
 def _command(actor: Any, body: str) -> Any:

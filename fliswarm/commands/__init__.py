@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from clu.legacy.actor import tron_reconnect
-from clu.parsers.click import CluGroup, get_schema, keyword, ping, version
+from clu.parsers.click import get_schema, keyword, ping, version
 
-from fliswarm.compat import command_model, help_command
+from fliswarm.compat import CluGroupOnce, command_model, help_command
 
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ else:
 __all__ = ["parser", "command_parser", "FLISwarmCommand", "NodesType"]
 
 
-@click.group(cls=CluGroup)
+@click.group(cls=CluGroupOnce)
 def parser(*args: Any) -> None:
     """fliswarm: runs the FLI cameras of the nodes in Docker containers."""
 
