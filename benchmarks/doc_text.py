@@ -78,8 +78,9 @@ cleanly (actors and flicamera processes stopped, bed down).
   them in its own order, like the other sessions.
 - **Scale**: logical nodes `sNN`, each a flicamera container with its own port
   (`FLICAMERA_PORT` through fliswarm's per-node `environment`), spread over the bed's engines;
-  `status` and `talk status` with the first N nodes enabled. The original is configured with
-  the same hosts and ports and talks to the containers fliswarm started.
+  `status` and `talk status` with the first N nodes enabled, 15 times each per session. The
+  original is configured with the same hosts and ports and talks to the containers fliswarm
+  started.
 
 ### /dev/bus/usb on the test bed
 
