@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -452,3 +453,124 @@ async def test_a_crashed_container_leaves_its_last_lines_in_the_log(
     assert f"\n  | {marker}" in record.getMessage()  # Logged before the repair.
     texts = swarm.texts(index)
     assert any("fliswarm send logs -n gfa2" in text for text in texts), texts
+
+
+async def signal_camera(swarm: Swarm, name: str, plugged: bool) -> None:
+    """Unplugs (``SIGUSR1``) or plugs back (``SIGUSR2``) the simulated camera of a node: the
+    signal goes to flicamera through the engine (see the bed's flicamera launcher)."""
+
+    async with swarm.docker(name) as docker:
+        container = await asyncio.wait_for(docker.containers.get(f"flicamera-{name}"), 10)
+        await asyncio.wait_for(container.kill(signal="SIGUSR2" if plugged else "SIGUSR1"), 10)
+
+
+@pytest.mark.root
+@pytest.mark.testbed
+@pytest.mark.timeout(180)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_camera_unplugged_degrades_its_node_without_a_restart(swarm: Swarm) -> None:
+    """flicamera answers but has no camera: the node is degraded with that reason, talk to it
+    says so and relays flicamera's answer, nothing is restarted nor counted as a failed
+    check; the camera back, the node is online again."""
+
+    assert swarm.client is not None and swarm.actor is not None
+    await recover_all(swarm)
+    client = swarm.client
+    before = await swarm.inspect("gfa1")
+    probe = swarm.actor.supervisor.reconcilers["gfa1"].liveness
+    hangs = probe.hangs
+    index, mark = len(client.lines), swarm.mark()
+    try:
+        await signal_camera(swarm, "gfa1", plugged=False)
+        # A liveness look every 5 s: wide margin on 2 loaded cores.
+        took = await swarm.wait_state("gfa1", {NodeState.DEGRADED}, 30, since=index)
+        states = [line.values("nodeState") for line in client.lines[index:]]
+        degraded = [s for s in states if s[:2] == ["gfa1", "degraded"]]
+        assert degraded and degraded[0][3] == NO_CAMERA, states
+        print(f"gfa1 unplugged -> degraded after {took:.1f} s")
+
+        reply = await swarm.command("talk -n gfa1 status", 20)
+        texts = [" ".join(line.values("text")) for line in reply.lines]
+        warned = [text for text in texts if text.startswith("gfa1: ") and NO_CAMERA in text]
+        assert len(warned) == 1, texts  # One clear line naming the node.
+        assert any("no cameras connected." in text for text in texts), texts  # flicamera's.
+        assert reply.code == "f"
+
+        # It stays degraded, with nothing restarted, over more looks than a hang takes.
+        checks, deadline = probe.checks, time.monotonic() + 40
+        while probe.checks < checks + 4:
+            assert time.monotonic() < deadline, (probe.checks, checks)
+            await asyncio.sleep(0.1)  # Polling the probe's count of checks.
+        assert swarm.state("gfa1") is NodeState.DEGRADED
+        assert probe.hangs == hangs and probe.counter.failures == 0
+        other = await swarm.command("talk -n gfa2 status", 20)
+        assert other.code == ":"  # Other cameras unaffected.
+    finally:
+        with contextlib.suppress(Exception):
+            await signal_camera(swarm, "gfa1", plugged=True)
+
+    back_index = len(client.lines)
+    took = await swarm.wait_state("gfa1", {NodeState.ONLINE}, 30, since=back_index)
+    print(f"gfa1 plugged -> online after {took:.1f} s")
+    assert await swarm.talk_ok("gfa1")
+    reply = await swarm.command("talk -n gfa1 status", 20)
+    assert not [t for t in swarm.texts(back_index) if NO_CAMERA in t and "sending" in t]
+    assert reply.code == ":"
+    after = await swarm.inspect("gfa1")
+    assert after["State"]["StartedAt"] == before["State"]["StartedAt"]  # Never restarted.
+    assert after["Id"] == before["Id"]
+    states = [line.values("nodeState")[:2] for line in client.lines[index:]]
+    assert ["gfa1", "recovering"] not in states, states
+    assert_plain(swarm.lines_since(mark))
+
+
+@pytest.mark.root
+@pytest.mark.testbed
+@pytest.mark.timeout(180)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_an_exposure_that_overruns_is_a_hung_camera(swarm: Swarm) -> None:
+    """A camera frozen during an exposure (its container paused): once the exposure overran
+    its exposure time + readout + margin, liveness counts failed checks, the exposure's talk
+    finishes f naming the node, and the camera answers again without an operator."""
+
+    assert swarm.client is not None and swarm.actor is not None
+    await recover_all(swarm)
+    actor = swarm.actor
+    settings = actor.settings
+    # Exposure 3 s, readout 1 s, margin 2 s: overrun after 6 s; declared hung after the
+    # failures (3 looks, 5 s apart); talk's own limit is 30 + 3 s, later.
+    actor.settings = dataclasses.replace(
+        settings, liveness=dataclasses.replace(settings.liveness, readout=1.0, margin=2.0)
+    )
+    client = swarm.client
+    before = await swarm.inspect("gfa1")
+    index = len(client.lines)
+    try:
+        exposure = asyncio.ensure_future(timed(swarm.command("talk -n gfa1 expose 3", 60)))
+        await client.wait_for(
+            lambda line: "exposure_state" in line.raw and "integrating" in line.raw,
+            15,
+            index,
+        )
+        await set_paused(swarm, "gfa1", True)  # Hung in the exposure.
+        took, reply = await asyncio.wait_for(exposure, 45)
+    finally:
+        with contextlib.suppress(Exception):
+            await set_paused(swarm, "gfa1", False)
+        actor.settings = settings
+    texts = [" ".join(line.values("text")) for line in reply.lines]
+    print(f"gfa1 hung in expose 3 -> talk ended {reply.code} after {took:.1f} s: {texts}")
+    assert reply.code == "f", [line.raw for line in reply.lines]
+    assert took < 30 + 3, took  # Before talk's own limit: liveness ended it.
+    assert any(
+        text.startswith("gfa1: ") and "the exposure 'expose 3' has run for more than 6 s" in text
+        for text in texts
+    ), texts
+    states = [line.values("nodeState") for line in client.lines[index:]]
+    degraded = [s for s in states if s[:2] == ["gfa1", "degraded"]]
+    assert degraded and "exposure" in degraded[0][3], states
+    await swarm.wait_state("gfa1", {NodeState.ONLINE}, 45)
+    assert await swarm.talk_ok("gfa1")  # Answers again; no operator command.
+    after = await swarm.inspect("gfa1")
+    assert after["State"]["StartedAt"] != before["State"]["StartedAt"]  # Restarted.
+    assert not after["State"]["Paused"]

@@ -186,8 +186,8 @@ class LivenessProbe:
         elif (overrun := device.overrun(settings.readout, settings.margin)) is not None:
             sub, limit = overrun
             reason = (
-                f"the exposure '{sub.command_string}' has run for more than {limit:g} s "
-                "(exposure time + readout + margin)"
+                f"the exposure '{sub.command_string}' has run for more than {limit:g} s, "
+                "its exposure time + readout + margin"
             )
         elif device.busy:
             return  # Its commands have their own time limits.
