@@ -109,6 +109,8 @@ def config(bed: Testbed, images: dict[str, str], tmp_path_factory: pytest.TempPa
     config = bed.fliswarm_config(f"{bed.registry}/{REPOSITORY}:sim")
     config["actor"]["log_dir"] = str(tmp_path_factory.mktemp("deploy-logs"))
     config["timeouts"] = {"docker_connect": 1.0, "docker_request": 10, "talk": 30}
+    # Not the default (ping): deploy must wait on the configured liveness command.
+    config["liveness"] = {"command": "version"}
     return config
 
 
@@ -267,6 +269,12 @@ async def test_rollback_after_a_good_deploy(site: Site, bed: Testbed, images: di
     for name in ("gfa1", "gfa2"):
         assert after[name][1] == pinned(bed, images["sim"]), after
     assert after["fvc"] == before["fvc"]
+    texts = [" ".join(line.values("text")) for line in reply.lines]
+    for name in ("gfa1", "gfa2"):  # Waited until it answered the liveness command.
+        assert any(
+            text.startswith(f"{name}: runs ") and "the camera answers 'version'" in text
+            for text in texts
+        ), texts
     await site.all_answer()
 
 

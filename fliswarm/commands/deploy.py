@@ -192,7 +192,8 @@ async def _replace(command: FLISwarmCommand, name: str, image: str) -> None:
     took = await _answers(command, name)
     command.info(
         text=f"{name}: runs {image} (container {short_id(result.container_id)}, "
-        f"{result.action.value}); the camera answers ({took:.2f} s)."
+        f"{result.action.value}); the camera answers "
+        f"'{actor.settings.liveness.command}' ({took:.2f} s)."
     )
 
 
