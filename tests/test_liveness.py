@@ -459,9 +459,8 @@ async def signal_camera(swarm: Swarm, name: str, plugged: bool) -> None:
     """Unplugs (``SIGUSR1``) or plugs back (``SIGUSR2``) the simulated camera of a node: the
     signal goes to flicamera through the engine (see the bed's flicamera launcher)."""
 
-    async with swarm.docker(name) as docker:
-        container = await asyncio.wait_for(docker.containers.get(f"flicamera-{name}"), 10)
-        await asyncio.wait_for(container.kill(signal="SIGUSR2" if plugged else "SIGUSR1"), 10)
+    fault = swarm.bed.camera_plug if plugged else swarm.bed.camera_unplug
+    await asyncio.wait_for(asyncio.to_thread(fault, name), 20)
 
 
 @pytest.mark.root

@@ -513,6 +513,33 @@ class Testbed:
             network.pin_neighbour(self.plan, node.index)
             self._update_node(name, plugged=True)
 
+    def camera_unplug(self, name: str, container: str | None = None) -> None:
+        """Unplugs the simulated camera of the node's flicamera (its camera system loses it,
+        as when a real camera is unplugged): ``SIGUSR1`` to the container, through the
+        engine (see ``files/flicamera_launcher.py``)."""
+
+        self._signal_container(name, container or f"flicamera-{name}", "SIGUSR1")
+
+    def camera_plug(self, name: str, container: str | None = None) -> None:
+        """Plugs the simulated camera back in (``SIGUSR2`` to the container)."""
+
+        self._signal_container(name, container or f"flicamera-{name}", "SIGUSR2")
+
+    def _signal_container(self, name: str, container: str, signal: str) -> None:
+        import urllib.error
+        import urllib.request
+
+        node = self.node(name)
+        url = f"http://{node.addr}:2375/containers/{container}/kill?signal={signal}"
+        request = urllib.request.Request(url, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+                answer.read()
+        except urllib.error.HTTPError as err:
+            raise RuntimeError(f"{name}: cannot signal {container}: {err.read()!r}") from err
+        except OSError as err:
+            raise RuntimeError(f"{name}: cannot signal {container}: {err}") from err
+
     def stop_engine(self, name: str, timeout: float = 15.0) -> None:
         """Stops the node's dockerd (SIGTERM, then SIGKILL after ``timeout``); the netns stays."""
 

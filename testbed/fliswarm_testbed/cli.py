@@ -139,6 +139,12 @@ _fault("power-off", "power_off", "Pulls a node's power (processes killed, netns 
 _fault("power-on", "power_on", "Powers a node back on (same address, images and volumes).")
 _fault("unplug", "unplug", "Unplugs a node's network cable (its engine keeps running).")
 _fault("plug", "plug", "Plugs a node's network cable back in.")
+_fault(
+    "camera-unplug",
+    "camera_unplug",
+    "Unplugs a node's simulated camera (flicamera runs on, with no camera).",
+)
+_fault("camera-plug", "camera_plug", "Plugs a node's simulated camera back in.")
 _fault("stop-engine", "stop_engine", "Stops a node's dockerd (the node stays up).")
 _fault("start-engine", "start_engine", "Starts a node's dockerd again.")
 
