@@ -212,6 +212,21 @@ async def test_probe_counts_an_overrun_exposure():
     assert len(hung) == 1 and "the exposure 'expose 3' has run for more than 6 s" in hung[0]
 
 
+async def test_the_device_finds_an_exposure_that_overran():
+    device = FlicameraDevice("gfa1", "127.0.0.1", 1)
+    for command in ("status", "expose 3"):
+        command_id = device.id_pool.get()
+        device.running[command_id] = SubCommand("gfa1", command_id, command, None)
+    assert device.overrun(1, 2) is None  # 3 + 1 + 2 s: not yet.
+    for sub in device.running.values():
+        sub.started -= 7  # Started 7 s ago.
+    overran = device.overrun(1, 2)
+    assert overran is not None and overran[0].command_string == "expose 3"
+    assert overran[1] == 6
+    overran[0]._finish(True)
+    assert device.overrun(1, 2) is None  # Ended: no longer in flight.
+
+
 def test_overrun_limit_of_an_exposure():
     limit = SubCommand.overrun_limit
     assert limit(SimpleNamespace(command_string="status", is_exposure=False), 5, 10) is None  # type: ignore[arg-type]
