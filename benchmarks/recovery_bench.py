@@ -4,6 +4,8 @@ Prints (targets in brackets):
 
 - container killed -> ``talk status`` relaying again, median of N kills [<= 5 s];
 - node powered on (its engine answering) -> relaying again [<= 10 s];
+- network cut (packets dropped, engine running) -> ``nodeState`` offline [< 5 s], and
+  plugged again -> online [<= 3 s], median of ``--unplug`` cuts;
 - the longest time any command sent to fliswarm took during the faults (a client sends
   ``status`` and ``talk status`` every second throughout) [below its timeout];
 - idle CPU of the actor with the bed's nodes, over ``--idle`` seconds [< 1 %].
@@ -66,14 +68,23 @@ class Client:
             await asyncio.wait_for(self.writer.wait_closed(), 2)
 
 
-async def wait_online(actor: FLISwarmActor, name: str, timeout: float) -> None:
-    """Waits for the node's state to be online (polls the in-process state every 20 ms)."""
+async def wait_state(
+    actor: FLISwarmActor, name: str, timeout: float, state: NodeState = NodeState.ONLINE
+) -> float:
+    """Waits for the node's state (polls the in-process state every 20 ms); returns when."""
 
     deadline = time.monotonic() + timeout
-    while actor.supervisor.state(name).state is not NodeState.ONLINE:
+    while actor.supervisor.state(name).state is not state:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} not online: {actor.supervisor.state(name)}")
+            raise TimeoutError(f"{name} not {state.value}: {actor.supervisor.state(name)}")
         await asyncio.sleep(0.02)
+    return time.monotonic()
+
+
+async def wait_online(actor: FLISwarmActor, name: str, timeout: float) -> None:
+    """Waits for the node's state to be online."""
+
+    await wait_state(actor, name, timeout)
 
 
 async def relaying(client: Client, name: str, timeout: float = 60.0) -> float:
@@ -149,10 +160,11 @@ async def main(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.2)  # The die event, not the old connection, must be seen.
             samples.append(await relaying(client, node.name) - start)
             print(f"  kill {node.name}: relaying again after {samples[-1]:.2f} s")
-        print(
-            f"container killed -> relaying again: median {statistics.median(samples):.2f} s, "
-            f"max {max(samples):.2f} s over {len(samples)} kills (target <= 5 s)"
-        )
+        if samples:
+            print(
+                f"container killed -> relaying again: median {statistics.median(samples):.2f} s, "
+                f"max {max(samples):.2f} s over {len(samples)} kills (target <= 5 s)"
+            )
 
         power = []
         for _ in range(args.power):
@@ -171,11 +183,33 @@ async def main(args: argparse.Namespace) -> None:
                 "(target <= 10 s)"
             )
 
+        cut, back = [], []
+        for _ in range(args.unplug):
+            node = bed.nodes[-1]
+            await wait_online(actor, node.name, 60)
+            await asyncio.sleep(args.pause)
+            await asyncio.to_thread(bed.unplug, node.name)
+            start = time.monotonic()
+            cut.append(await wait_state(actor, node.name, 30, NodeState.OFFLINE) - start)
+            await asyncio.to_thread(bed.plug, node.name)
+            start = time.monotonic()
+            back.append(await wait_state(actor, node.name, 60) - start)
+            print(
+                f"  unplug {node.name}: offline after {cut[-1]:.2f} s, online again "
+                f"{back[-1]:.2f} s after the plug"
+            )
+        if cut:
+            print(
+                f"network cut -> offline: {statistics.median(cut):.2f} s; plugged again -> "
+                f"online: {statistics.median(back):.2f} s (medians of {len(cut)}; max "
+                f"{max(cut):.2f} s, {max(back):.2f} s; targets < 5 s, <= 3 s)"
+            )
+
         stop.set()
         await load
         print(
             f"longest command during the faults: {longest[0]:.2f} s ({longest[1]}; "
-            f"talk timeout {actor.talk_timeout:g} s)"
+            f"talk timeout {actor.settings.timeouts.talk:g} s)"
         )
 
         await asyncio.gather(*[wait_online(actor, name, 60) for name in names])
@@ -204,5 +238,6 @@ if __name__ == "__main__":
     parser.add_argument("--pause", type=float, default=4.0, help="quiet seconds before a kill")
     parser.add_argument("--power", type=int, default=2, help="power cycles")
     parser.add_argument("--off", type=float, default=5.0, help="seconds a node stays off")
+    parser.add_argument("--unplug", type=int, default=3, help="network cuts")
     parser.add_argument("--idle", type=float, default=30.0, help="idle CPU window (s)")
     asyncio.run(main(parser.parse_args()))

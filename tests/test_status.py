@@ -14,7 +14,7 @@ from typing import Any
 from fliswarm.docker.containers import LABEL_MANAGED, LABEL_NODE
 from fliswarm.docker.node import Node
 from fliswarm.docker.report import by_engine, report_engine
-from fliswarm.exceptions import NodeUnreachableError
+from fliswarm.exceptions import NodeTLSError, NodeUnreachableError
 
 
 class CountingEngine:
@@ -197,3 +197,50 @@ async def test_a_node_that_does_not_answer_ping_is_down_without_waiting_for_its_
     assert (result["node_alive"], result["docker_alive"]) == (False, False)
     warnings = [m["text"] for code, m in command.messages if code == "w"]
     assert "Node 127.0.0.1 is not pinging back." in warnings
+
+
+class ClosedUnderTheListsEngine(CountingEngine):
+    """The interleaving of a status sent right after start (a TLS engine of another CA): the
+    lists fail at once with an error of fliswarm's own client ("Session is closed": the
+    client was closed under them), while a ``/_ping`` on a fresh client answers."""
+
+    async def list_containers(self, filters: dict[str, list[str]], all: bool = True) -> list[Any]:
+        self.calls["containers"] += 1
+        raise RuntimeError("Session is closed")
+
+
+class PingOnlyEngine(CountingEngine):
+    """``/_ping`` answers, the lists fail once the probe has answered (the engine went away,
+    or refused the client's certificate, in between)."""
+
+    def __init__(self, nodes: list[str]) -> None:
+        super().__init__(nodes)
+        self.pinged = asyncio.Event()
+
+    async def ping(self, timeout: float | None = None) -> bool:
+        self.pinged.set()
+        return await super().ping(timeout)
+
+    async def list_containers(self, filters: dict[str, list[str]], all: bool = True) -> list[Any]:
+        self.calls["containers"] += 1
+        await self.pinged.wait()
+        raise NodeTLSError(
+            "a", "Docker engine at tcp://127.0.0.1:2376: the engine's certificate was rejected."
+        )
+
+
+async def test_status_never_says_an_engine_alive_that_its_lists_did_not_reach():
+    """Issue 17: ``node=gfa6,...,T,T`` with ``cannot get the status: Session is closed``.
+    Whatever the lists fail with, the node row says the engine was not reached, and the
+    report ends normally (before: T,T, then the error escaped the report)."""
+
+    for engine in (ClosedUnderTheListsEngine(["a"]), PingOnlyEngine(["a"])):
+        [node] = _nodes(["a"], engine)
+        command = Recorder()
+        [result] = await asyncio.wait_for(report_engine(command, [node], [None], [], 0.5), 10)
+        rows = [m["node"] for code, m in command.messages if code == "i" and "node" in m]
+        assert rows == [["a", "127.0.0.1", "tcp://127.0.0.1:2375", True, False]], rows
+        assert result["docker_alive"] is False
+        warnings = [m["text"] for code, m in command.messages if code == "w"]
+        assert "Docker client on node 127.0.0.1 is not connected." in warnings
+        assert any(w.startswith("a: ") and "Docker engine at" in w for w in warnings), warnings

@@ -297,9 +297,25 @@ async def test_engine_stopped_and_restarted(swarm: Swarm, bed: Testbed, restore:
     assert f"Docker engine at {bed.node('fvc').docker_url}" in reason, reason
     started = time.monotonic()
     await asyncio.to_thread(bed.start_engine, "fvc")
-    await swarm.wait_state("fvc", {NodeState.ONLINE}, 40)
-    assert await swarm.talk_ok("fvc")
-    print(f"fvc: engine back -> relaying again in {time.monotonic() - started:.2f} s")
+    # As a user would: talk to the camera until it answers (no wait on the node's state).
+    deadline = started + 40
+    while not await swarm.talk_ok("fvc"):
+        assert time.monotonic() < deadline, "fvc: the camera does not answer after 40 s"
+        await asyncio.sleep(0.2)
+    answered = time.monotonic()
+    print(f"fvc: engine back -> relaying again in {answered - started:.2f} s")
+    # The camera answers: the node is online at once, not after the watcher's back-off (it
+    # said offline for 1-2 s). The bound is wide (a shared machine); the target is ~0 s.
+    await swarm.wait_state("fvc", {NodeState.ONLINE}, 5)
+    print(f"fvc: camera answering -> online after {time.monotonic() - answered:.2f} s")
+    reply = await swarm.command("status", 20)
+    states = {
+        line.values("nodeState")[0]: line.values("nodeState")[1]
+        for line in reply.with_keyword("nodeState")
+    }
+    assert states["fvc"] == "online", states
+    rows = [line.values("node") for line in reply.with_keyword("node")]
+    assert [row[3:] for row in rows if row[0] == "fvc"] == [["T", "T"]], rows
     assert_plain(swarm.lines_since(mark))
 
 
@@ -355,13 +371,19 @@ async def test_network_unplugged_and_plugged(swarm: Swarm, bed: Testbed, restore
     mark = swarm.mark()
     before = await swarm.inspect("fvc")
     await asyncio.to_thread(bed.unplug, "fvc")
-    await swarm.wait_state("fvc", {NodeState.OFFLINE}, 25)
+    unplugged = time.monotonic()
+    # The engine's heartbeat notices within ~4 s (benchmarks/recovery_bench.py measures it);
+    # the bound only says that it is noticed, without the camera's connection dropping first.
+    await swarm.wait_state("fvc", {NodeState.OFFLINE}, 15)
+    print(f"fvc: network cut -> offline in {time.monotonic() - unplugged:.2f} s")
     assert swarm.actor is not None
     reason = swarm.actor.supervisor.state("fvc").reason
     assert "check that the node is powered on and on the network" in reason, reason
     assert await swarm.talk_ok("gfa1")
     await asyncio.to_thread(bed.plug, "fvc")
-    await swarm.wait_state("fvc", {NodeState.ONLINE}, 30)
+    plugged = time.monotonic()
+    await swarm.wait_state("fvc", {NodeState.ONLINE}, 15)
+    print(f"fvc: plugged again -> online in {time.monotonic() - plugged:.2f} s")
     assert await swarm.talk_ok("fvc")
     after = await swarm.inspect("fvc")
     assert after["Id"] == before["Id"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,8 +24,9 @@ from fliswarm.docker.containers import (
     made_by_0_7,
     made_by_fliswarm,
 )
+from fliswarm.docker.events import EventWatcher
 from fliswarm.docker.launch import check_managed
-from fliswarm.exceptions import ContainerConflictError
+from fliswarm.exceptions import ContainerConflictError, NodeTimeoutError, NodeUnreachableError
 from fliswarm.provision import Provisioner
 from fliswarm.provision.desired import (
     container_drift,
@@ -374,3 +377,110 @@ async def test_events_are_filtered_and_reported() -> None:
         ("i", {"containerEvent": ["gfa1", "die", "ffffffffffff", 137]}),
     ]
     await asyncio.sleep(0)
+
+
+# ------------------------------------------------- engine link: heartbeat and probing
+
+
+class SilentStreamEngine:
+    """An engine whose event stream is live but silent, and whose pings answer while
+    ``answering`` (then time out: the network was cut). Subscriptions fail while
+    ``reachable`` is false."""
+
+    def __init__(self) -> None:
+        self.answering = True
+        self.reachable = True
+        self.subscriptions = 0
+        self.pings = 0
+        self.pinged_thrice = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def events(self, filters: Any, timeout: float | None = None) -> AsyncIterator[Any]:
+        self.subscriptions += 1
+        if not self.reachable:
+            raise NodeUnreachableError("gfa1", "Docker engine at tcp://x:2375 is not answering.")
+
+        async def silent() -> AsyncIterator[dict[str, Any]]:
+            await asyncio.Event().wait()  # Packets dropped: no event, no error, ever.
+            yield {}
+
+        yield silent()
+
+    async def check(self, timeout: float | None = None) -> bool:
+        self.pings += 1
+        if self.pings >= 3:
+            self.pinged_thrice.set()
+        if not self.answering:
+            raise NodeTimeoutError("gfa1", "Docker engine at tcp://x:2375: no answer within 1 s.")
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+class Link:
+    """A watcher of a `SilentStreamEngine`, and what it reported."""
+
+    def __init__(self, backoff: Backoff | None = None) -> None:
+        self.lost: list[str] = []
+        self.lost_event = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.watcher = EventWatcher(
+            "gfa1",
+            "tcp://x:2375",
+            on_event=lambda event: None,
+            on_connected=self.connected.set,
+            on_lost=self._lost,
+            backoff=backoff,
+            heartbeat=(0.02, 0.02, 2),
+        )
+        self.engine = SilentStreamEngine()
+        self.watcher.engine = self.engine  # type: ignore[assignment]
+
+    def _lost(self, reason: str) -> None:
+        self.lost.append(reason)
+        self.lost_event.set()
+
+
+async def test_heartbeat_declares_a_silent_engine_lost() -> None:
+    """Issue 17: a cut network leaves the event stream open and quiet; the heartbeat's
+    failed pings end it (before: nothing noticed it but the TCP keep-alive)."""
+
+    link = Link()
+    link.watcher.start()
+    try:
+        await asyncio.wait_for(link.engine.pinged_thrice.wait(), 10)
+        assert link.lost == [] and link.watcher.connected  # Answered pings keep the stream.
+        link.engine.answering = False
+        await asyncio.wait_for(link.lost_event.wait(), 10)
+        assert link.lost == ["Docker engine at tcp://x:2375: no answer within 1 s."]
+        assert link.watcher.missed_beats == 2
+        assert not link.watcher.connected
+    finally:
+        await link.watcher.stop()
+
+
+async def test_poke_probes_an_offline_engine_at_once() -> None:
+    """A user asking for an offline node (``talk``, ``status``: `Supervisor.is_offline`)
+    makes the engine be tried again now, not after the back-off."""
+
+    link = Link(backoff=Backoff(60.0, 60.0, 1.0, 0.0))
+    link.engine.reachable = False
+    link.watcher.start()
+    try:
+        await asyncio.wait_for(link.lost_event.wait(), 10)
+        assert link.engine.subscriptions == 1  # Now in a 60 s pause.
+        link.engine.reachable = True
+
+        actor = make_actor()
+        actor.write = lambda *args, **kwargs: None
+        supervisor = Supervisor(actor, provisioner(actor))
+        reconciler = NodeReconciler(supervisor, "gfa1")
+        reconciler.status.set(NodeState.OFFLINE, "the engine does not answer")
+        supervisor.reconcilers["gfa1"] = reconciler
+        supervisor.watchers["gfa1"] = link.watcher
+        assert supervisor.is_offline("gfa1")
+        await asyncio.wait_for(link.connected.wait(), 5)
+        assert link.engine.subscriptions == 2
+    finally:
+        await link.watcher.stop()

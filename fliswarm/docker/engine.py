@@ -59,7 +59,6 @@ __all__ = [
     "make_ssl_context",
     "KEEPALIVE",
     "set_keepalive",
-    "keepalive_socket",
     "connection_problem",
 ]
 
@@ -70,9 +69,10 @@ T = TypeVar("T")
 #: aiodocker's status code for "cannot connect to the engine".
 _NO_CONNECTION = 900
 
-#: TCP keep-alive of long-lived connections (the event stream, flicamera): idle seconds,
-#: probe interval, probes. A silent peer (cable pulled, node powered off) breaks the
-#: connection after ~idle + interval * count s.
+#: TCP keep-alive of the flicamera connections (`set_keepalive`): idle seconds, probe
+#: interval, probes. A silent peer (cable pulled, node powered off) breaks the connection
+#: after ~idle + interval * count s. The engine's event stream has none: the heartbeat of
+#: `.events.EventWatcher` (engine pings) notices a silent engine sooner.
 KEEPALIVE = (2, 1, 2)
 
 #: The fields of a container in the engine's container list (``ContainerSummary`` of the
@@ -112,14 +112,6 @@ def set_keepalive(sock: Any) -> None:
             option = getattr(socket, name, None)
             if option is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
-
-
-def keepalive_socket(addr_info: Any) -> socket.socket:
-    """An aiohttp ``socket_factory``: a TCP socket with a short keep-alive."""
-
-    sock = socket.socket(addr_info[0], addr_info[1], addr_info[2])
-    set_keepalive(sock)
-    return sock
 
 
 #: What a connection error means, in plain words, by kind (`connection_problem`).
@@ -249,6 +241,10 @@ class Engine:
         ``{ca, cert, key}`` file paths: the SSL context is made from them on first use (a
         file problem then fails the call with `.NodeTLSError`, and the next call tries
         again). With TLS, the engine is never tried over plain TCP.
+    pooled
+        Whether successive calls reuse one kept-open HTTP connection (a third of the CPU
+        of a fresh connection per call): for the heartbeat of `.events.EventWatcher`,
+        whose engine makes no other call. A connection error still replaces the client.
     """
 
     def __init__(
@@ -259,8 +255,10 @@ class Engine:
         request_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
         tls: Mapping[str, str] | None = None,
+        pooled: bool = False,
     ) -> None:
         self.node = node
+        self.pooled = pooled
         self.url = url
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
@@ -283,25 +281,24 @@ class Engine:
         )
 
     def _new_client(
-        self, ssl_context: ssl.SSLContext | None, keepalive: bool = False
+        self, ssl_context: ssl.SSLContext | None, pooled: bool = False
     ) -> aiodocker.Docker:
-        """A client with its own session: one connection per request (``force_close``)."""
+        """A client with its own session: one connection per request (``force_close``), or
+        with ``pooled`` one HTTP connection kept open and reused by successive requests."""
 
         url = self.url
         if ssl_context is not None and url.startswith("tcp://"):
             url = "https://" + url[len("tcp://") :]
         connector: aiohttp.BaseConnector
         if url.startswith("unix://"):
-            connector = aiohttp.UnixConnector(url[len("unix://") :], force_close=True)
-        elif keepalive:
-            connector = aiohttp.TCPConnector(
-                force_close=True,
-                ssl=ssl_context if ssl_context else False,
-                socket_factory=keepalive_socket,
+            connector = aiohttp.UnixConnector(
+                url[len("unix://") :], force_close=not pooled, limit=1 if pooled else 100
             )
         else:
             connector = aiohttp.TCPConnector(
-                force_close=True, ssl=ssl_context if ssl_context else False
+                force_close=not pooled,
+                limit=1 if pooled else 100,
+                ssl=ssl_context if ssl_context else False,
             )
         timeout = self._timeouts()
         session = aiohttp.ClientSession(connector=connector, timeout=timeout)
@@ -311,7 +308,7 @@ class Engine:
         if self._docker is None:
             if self.ssl_context is None and self.tls:
                 self.ssl_context = make_ssl_context(self.tls, self.node)
-            self._docker = self._new_client(self.ssl_context)
+            self._docker = self._new_client(self.ssl_context, self.pooled)
         return self._docker
 
     @staticmethod
@@ -485,8 +482,16 @@ class Engine:
 
     # Engine
 
-    async def ping(self, timeout: float | None = None) -> bool:
-        """``GET /_ping``: whether the engine answers within ``timeout`` (never raises)."""
+    async def check(self, timeout: float | None = None) -> bool:
+        """``GET /_ping`` within ``timeout`` (default: the connect timeout): whether the
+        engine says ``OK``; the heartbeat of `.EventWatcher`.
+
+        Raises
+        ------
+        NodeError
+            As `call`: why the engine did not answer (an HTTP error status is a
+            `.DockerAPIError`: the engine answered).
+        """
 
         async def _ping(docker: aiodocker.Docker) -> bool:
             # No public ping (docker.version() asks the engine for more, after an API version
@@ -494,8 +499,13 @@ class Engine:
             async with _gap(docker, "_ping", versioned_api=False) as response:
                 return response.status == 200 and (await response.text()) == "OK"
 
+        return await self.call("ping", _ping, timeout or self.connect_timeout)
+
+    async def ping(self, timeout: float | None = None) -> bool:
+        """``GET /_ping``: whether the engine answers within ``timeout`` (never raises)."""
+
         try:
-            return await self.call("ping", _ping, timeout or self.connect_timeout)
+            return await self.check(timeout)
         except NodeError:
             return False
 
@@ -699,7 +709,6 @@ class Engine:
     async def events(
         self,
         filters: Mapping[str, list[str]],
-        keepalive: bool = True,
         timeout: float | None = None,
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """Subscribes to the engine's events (``GET /events``)::
@@ -712,15 +721,14 @@ class Engine:
         The context is entered once the engine has answered, and gives the events as
         dicts (blank and malformed lines are skipped) until the engine ends the stream.
         The stream has its own client session (TLS files read again), closed on exit, and
-        no read timeout; with ``keepalive`` its connection has a short TCP keep-alive
-        (`KEEPALIVE`), so that a silent peer breaks it.
+        no read timeout and no TCP keep-alive: a silent peer (network cut) leaves it open
+        and quiet, which the caller notices by pinging the engine (`check`; the heartbeat
+        of `.events.EventWatcher`).
 
         Parameters
         ----------
         filters
             The engine's event filters (``{"type": ["container"], "label": [...]}``).
-        keepalive
-            Whether to turn on the short TCP keep-alive.
         timeout
             Seconds to subscribe (connect and get the answer); defaults to connect +
             request timeouts.
@@ -737,7 +745,7 @@ class Engine:
         limit = timeout if timeout is not None else self.connect_timeout + self.request_timeout
         try:
             ssl_context = make_ssl_context(self.tls, self.node) if self.tls else self.ssl_context
-            docker = self._new_client(ssl_context, keepalive)
+            docker = self._new_client(ssl_context)
         except NodeTLSError:  # e.g. a missing TLS file.
             raise
         except (OSError, ValueError) as err:

@@ -6,7 +6,9 @@ one volume list: the work per node is writing its keywords. Per node, in this or
 
 - a warning if the node does not answer ``ping`` and one if its engine does not answer, then
   one that names the node, says why (e.g. a TLS problem) and what to do; then ``node={name,
-  addr, daemon_addr, node_alive, docker_alive}`` (info);
+  addr, daemon_addr, node_alive, docker_alive}`` (info). ``docker_alive`` is true only when
+  the engine answered the lists of this very status (or an API error): a ``/_ping`` that
+  answers while the lists fail does not make it alive;
 - if the engine answers: ``container={name, short_id}`` (debug; ``NA`` with warnings when
   no or several fliswarm containers run for the node) and one ``volume={name, volume,
   present, device}`` per volume (debug; warnings for a missing one).
@@ -23,13 +25,14 @@ written without CLU's per-line schema validation.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fliswarm.docker.containers import LABEL_MANAGED, LABEL_NODE, short_id
 from fliswarm.docker.ping import PING_GRACE
 from fliswarm.docker.registry import repository_of
-from fliswarm.exceptions import NodeError, NodeTimeoutError, NodeTLSError, NodeUnreachableError
+from fliswarm.exceptions import DockerAPIError, NodeError, NodeTLSError
 from fliswarm.tools import Reporter
 
 
@@ -40,8 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["report_engine", "by_engine", "image_digest_of", "running_image"]
 
-#: Errors of a list that say nothing about whether the engine is alive.
-_NO_ANSWER = (NodeUnreachableError, NodeTimeoutError, NodeTLSError)
+log = logging.getLogger("fliswarm.docker.report")
+
 
 #: Manifest digests found by image inspects, by (engine, image id, repository). An image id's
 #: digest in a repository never changes: `status` inspects each image once per engine, not
@@ -97,6 +100,28 @@ async def _lists(node: Node) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return running, present
 
 
+def _engine_answered(lists: asyncio.Future[Any]) -> bool:
+    """Whether the finished lists prove the engine reached: they succeeded, or the engine
+    answered with an API error. Any other failure (no connection, a time-out, TLS, or an
+    error of fliswarm's own, such as a client closed under the call) proves nothing."""
+
+    return lists.exception() is None or isinstance(lists.exception(), DockerAPIError)
+
+
+def _lists_failure(lists: asyncio.Future[Any], node: Node) -> tuple[str, bool]:
+    """Why the finished lists did not reach the engine, and whether that is a TLS problem."""
+
+    error = lists.exception()
+    if isinstance(error, NodeError):
+        return error.message, isinstance(error, NodeTLSError)
+    log.error("%s: status: the engine's lists failed", node.name, exc_info=error)
+    return (
+        f"Docker engine at {node.daemon_addr}: fliswarm could not get its answer (an internal "
+        "error; the details are in fliswarm's log).",
+        False,
+    )
+
+
 async def _answered(
     node: Node, ping_timeout: float, lists: asyncio.Future[Any]
 ) -> tuple[bool, bool, str | None, bool]:
@@ -107,15 +132,22 @@ async def _answered(
     alive, and so is its node, without an ICMP echo. Otherwise the node is probed
     (`.Node.probe`) while the lists go on: a node that does not answer the echo is down,
     at once. A TLS failure of the lists is the reason given, whatever the probe's own
-    failure says (the most specific of the engine's answers).
+    failure says (the most specific of the engine's answers). The engine is alive only if
+    what the status asked of it was answered: when the probe's ``/_ping`` answers, the lists
+    are awaited, and their failure makes the engine not reached after all.
     """
 
     done, _ = await asyncio.wait({lists}, timeout=PING_GRACE)
-    if lists in done and not isinstance(lists.exception(), _NO_ANSWER):
+    if lists in done and _engine_answered(lists):
         return True, True, None, False
     node_alive, docker_alive = await node.probe(ping_timeout, grace=0.0, wait=False)
     if docker_alive:
-        return node_alive, docker_alive, None, False
+        await asyncio.wait({lists})  # Bounded by the engine calls' own time limits.
+        if _engine_answered(lists):
+            return node_alive, True, None, False
+        return (node_alive, False, *_lists_failure(lists, node))
+    if lists.done() and not lists.cancelled() and not isinstance(lists.exception(), NodeError):
+        return (node_alive, False, *_lists_failure(lists, node))
     failure = getattr(node.engine, "last_failure", None)
     if lists.done() and not lists.cancelled() and isinstance(lists.exception(), NodeTLSError):
         failure = lists.exception()
@@ -335,7 +367,7 @@ async def report_engine(
 
     try:
         running, present = await lists
-    except NodeError as err:
+    except DockerAPIError as err:  # The engine answered, with an error.
         for node in nodes:
             report.warning(
                 text=f"{node.name}: cannot list its containers and volumes: {err.message}"

@@ -131,15 +131,24 @@ class Supervisor:
         return {name: self.state(name) for name in self.actor.nodes}
 
     def is_offline(self, name: str) -> bool:
-        """Whether the node's engine is known not to answer right now."""
+        """Whether the node's engine is known not to answer right now.
+
+        Asked by the commands that want the node (``talk``, ``status``): when it is offline,
+        its engine is probed again at once (`.EventWatcher.poke`), so that a node that
+        answers again (its camera reached by that very command) is online within
+        milliseconds, not after the watcher's back-off.
+        """
 
         watcher = self.watchers.get(name)
-        return bool(
+        offline = bool(
             watcher is not None
             and watcher.running
             and not watcher.connected
             and self.state(name).state is NodeState.OFFLINE
         )
+        if offline and watcher is not None:
+            watcher.poke()
+        return offline
 
     async def start(self) -> None:
         """Starts supervising every enabled node."""

@@ -48,7 +48,7 @@ _DOING = {
 
 #: Seconds the node gets to answer an ICMP echo when its engine does not answer while the
 #: camera's connection still looks open (`NodeReconciler._engine_down`).
-SILENT_PING = 1.0
+SILENT_PING = 0.5
 
 #: How many of the last lines of a container's output go to fliswarm's log before the
 #: container is restarted after a failure (crash, hang).
@@ -372,13 +372,23 @@ class NodeReconciler:
         """The engine does not answer: offline, unless the camera is still connected and
         the node answers an ICMP echo (a stopped or hung dockerd, a TLS problem: the camera
         works). A node that answers neither (network cut, powered off) is offline at once,
-        even while the camera's connection has not noticed yet (its TCP keep-alive takes
-        longer than the engine's heartbeat)."""
+        and its camera connection, dead too but not noticed yet (its TCP keep-alive takes
+        longer than the engine's heartbeat), is closed: the commands in flight on it fail at
+        once, and ``talk`` says the node is offline."""
 
-        if self.actor.flicameras[self.name].is_connected() and await self._node_answers():
+        device = self.actor.flicameras[self.name]
+        if not device.is_connected():
+            self._set(NodeState.OFFLINE, reason)
+            return outcome
+        if await self._node_answers():
             self._set(NodeState.DEGRADED, f"the camera still works; {reason}")
             return Outcome.HOLD
         self._set(NodeState.OFFLINE, reason)
+        device.fail_running(
+            "the connection to flicamera was lost (the node answers neither ping nor its "
+            "Docker engine: is the node powered on and on the network?)."
+        )
+        await device.stop()
         return outcome
 
     async def _node_answers(self) -> bool:
