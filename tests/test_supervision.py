@@ -501,6 +501,12 @@ async def test_tls_engine_of_another_ca(
         nodes["fvc"]["docker-client"] = f"tcp://{addr}:2376"
         nodes["fvc"]["docker-tls"] = other.client_config()
         await swarm.start(nodes=nodes)
+        # Right after start (the supervisor's first calls on the engine meanwhile), status
+        # never says the engine answered: fvc's row is T,F, every time (it said T,T once).
+        for _ in range(5):
+            reply = await swarm.command("status", 20)
+            rows = [line.values("node") for line in reply.with_keyword("node")]
+            assert [row[4] for row in rows if row[0] == "fvc"] == ["F"], rows
         await swarm.wait_state("fvc", {NodeState.OFFLINE, NodeState.DEGRADED}, 30)
         assert swarm.actor is not None
         reason = swarm.actor.supervisor.state("fvc").reason
