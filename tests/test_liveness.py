@@ -463,6 +463,11 @@ async def test_a_crashed_container_leaves_its_last_lines_in_the_log(
     await swarm.client.wait_for(
         lambda line: "fliswarm send logs -n gfa2" in " ".join(line.values("text")), 30, index
     )
+    # Its state may still say online before the repair begins: wait until it answers.
+    deadline = time.monotonic() + 60
+    while not await swarm.talk_ok("gfa2"):
+        assert time.monotonic() < deadline, "gfa2 does not answer 60 s after its crash"
+        await asyncio.sleep(0.2)  # Asking again until the restarted camera answers.
     await recover_all(swarm)
     [record] = evidence_records(caplog, "gfa2")
     assert f"\n  | {marker}" in record.getMessage()  # Logged before the repair.
@@ -568,23 +573,23 @@ async def test_an_exposure_that_overruns_is_a_hung_camera(swarm: Swarm) -> None:
         )
         await set_paused(swarm, "gfa1", True)  # Hung in the exposure.
         took, reply = await asyncio.wait_for(exposure, 45)
+        texts = [" ".join(line.values("text")) for line in reply.lines]
+        print(f"gfa1 hung in expose 3 -> talk ended {reply.code} after {took:.1f} s: {texts}")
+        assert reply.code == "f", [line.raw for line in reply.lines]
+        assert took < 30 + 3, took  # Before talk's own limit: liveness ended it.
+        overran = "the exposure 'expose 3' has run for more than 6 s"
+        assert any(text.startswith("gfa1: ") and overran in text for text in texts), texts
+        states = [line.values("nodeState") for line in client.lines[index:]]
+        degraded = [s for s in states if s[:2] == ["gfa1", "degraded"]]
+        assert degraded and "exposure" in degraded[0][3], states
+        # Left paused: the repair unpauses and restarts it, no operator.
+        await swarm.wait_state("gfa1", {NodeState.ONLINE}, 45, since=index)
     finally:
         with contextlib.suppress(Exception):
-            await set_paused(swarm, "gfa1", False)
+            if (await swarm.inspect("gfa1"))["State"]["Paused"]:
+                await set_paused(swarm, "gfa1", False)  # Whatever happened: not left frozen.
         actor.settings = settings
-    texts = [" ".join(line.values("text")) for line in reply.lines]
-    print(f"gfa1 hung in expose 3 -> talk ended {reply.code} after {took:.1f} s: {texts}")
-    assert reply.code == "f", [line.raw for line in reply.lines]
-    assert took < 30 + 3, took  # Before talk's own limit: liveness ended it.
-    assert any(
-        text.startswith("gfa1: ") and "the exposure 'expose 3' has run for more than 6 s" in text
-        for text in texts
-    ), texts
-    states = [line.values("nodeState") for line in client.lines[index:]]
-    degraded = [s for s in states if s[:2] == ["gfa1", "degraded"]]
-    assert degraded and "exposure" in degraded[0][3], states
-    await swarm.wait_state("gfa1", {NodeState.ONLINE}, 45)
-    assert await swarm.talk_ok("gfa1")  # Answers again; no operator command.
+    assert await swarm.talk_ok("gfa1")  # Answers again.
     after = await swarm.inspect("gfa1")
     assert after["State"]["StartedAt"] != before["State"]["StartedAt"]  # Restarted.
     assert not after["State"]["Paused"]
