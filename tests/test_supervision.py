@@ -306,7 +306,7 @@ async def test_engine_stopped_and_restarted(swarm: Swarm, bed: Testbed, restore:
     print(f"fvc: engine back -> relaying again in {answered - started:.2f} s")
     # The camera answers: the node is online at once, not after the watcher's back-off (it
     # said offline for 1-2 s). The bound is wide (a shared machine); the target is ~0 s.
-    await swarm.wait_state("fvc", {NodeState.ONLINE}, 5)
+    await swarm.wait_state("fvc", {NodeState.ONLINE}, 3)
     print(f"fvc: camera answering -> online after {time.monotonic() - answered:.2f} s")
     reply = await swarm.command("status", 20)
     states = {

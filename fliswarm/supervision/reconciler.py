@@ -107,6 +107,8 @@ class NodeReconciler:
         self.status = NodeStatus(reason="fliswarm is starting to supervise the node")
         self.backoff = Backoff(*supervisor.backoff)
         self.wake_event = asyncio.Event()
+        #: Ends the back-off's hold at once (`engine_connected`).
+        self._released = asyncio.Event()
         #: Reconcile steps run, and those that tried a repair.
         self.steps = 0
         self.repairs = 0
@@ -213,7 +215,13 @@ class NodeReconciler:
             )
 
     def engine_connected(self) -> None:
+        """The engine answers again (its event stream is live): a step at once, whatever
+        the back-off of the steps that failed while it did not (reconnections are spaced by
+        the watcher; the back-off still spaces repairs)."""
+
         self._engine_up = True
+        self._not_before = 0.0
+        self._released.set()
         self.wake()
 
     def engine_lost(self, reason: str) -> None:
@@ -240,7 +248,8 @@ class NodeReconciler:
             await _wait_set(self.wake_event, wait)
             hold = self._not_before - self._loop_time()
             if hold > 0 and not self._stopping:  # Back-off: events meanwhile make one step.
-                await asyncio.sleep(hold)
+                await _wait_set(self._released, hold)  # Unless the engine is back.
+            self._released.clear()
             if self._stopping:
                 return
             self.wake_event.clear()
