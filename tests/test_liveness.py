@@ -599,12 +599,6 @@ async def test_an_exposure_that_overruns_is_a_hung_camera(swarm: Swarm) -> None:
 @pytest.mark.testbed
 @pytest.mark.timeout(150)
 @pytest.mark.asyncio(loop_scope="module")
-@pytest.mark.xfail(
-    strict=True,
-    reason="Engine.unpause_container takes the 500 'Container ... is not paused' of dockerd 20.10 "
-    "for an error (it accepts 404 and 409 only): the restart of a hung camera whose container "
-    "is not paused fails, again and again (fliswarm/docker/engine.py)",
-)
 async def test_a_frozen_flicamera_process_is_restarted(swarm: Swarm) -> None:
     """flicamera frozen (SIGSTOP through the engine; the container itself is not paused):
     with no operator command, it answers again within 45 s."""

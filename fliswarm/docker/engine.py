@@ -642,7 +642,8 @@ class Engine:
                 f"unpause container {cid[:12]}", lambda d: d.containers.container(cid).unpause()
             )
         except DockerAPIError as err:
-            if err.status not in (404, 409):  # gone / not paused
+            # Gone (404), not paused (409; dockerd 20.10 says it with a 500).
+            if err.status not in (404, 409) and "is not paused" not in str(err.message):
                 raise
 
     async def remove_container(self, cid: str) -> None:

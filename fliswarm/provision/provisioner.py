@@ -300,8 +300,9 @@ class Provisioner:
         policy = desired.engine_restart
         if info is not None and action in (Action.KEEP, Action.START, Action.RESTART):
             cid = str(info["Id"])
-            if action is Action.RESTART:  # A paused process cannot even take SIGTERM.
-                await node.engine.unpause_container(cid)
+            if action is Action.RESTART:
+                if (info.get("State") or {}).get("Paused"):  # It could not even take SIGTERM.
+                    await node.engine.unpause_container(cid)
                 await node.engine.stop_container(cid, RESTART_GRACE)
                 report.info(text=f"{name}: container stopped ({short_id(cid)})")
             current = (info.get("HostConfig") or {}).get("RestartPolicy") or {}
