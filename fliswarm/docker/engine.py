@@ -15,7 +15,9 @@ The only module of the actor that uses aiodocker (and aiohttp). `Engine` owns an
   (`.tls.refusal_reason`);
 - uses a fresh TCP connection (no keep-alive pool), so a restarted or power-cycled
   engine never leaves a stale pooled connection behind; after a connection error the
-  whole client session is also re-created.
+  whole client session is also re-created. The one exception is an engine made
+  ``pooled`` (the heartbeat of `.events.EventWatcher`: one ping a second and per node
+  costs a third of the CPU on one kept-open connection; a stale one fails one ping).
 
 Calls go through aiodocker's public API and return the engine's JSON as plain dicts. The
 few Engine API calls aiodocker 0.27 has no public method for go through `_gap` (and only
