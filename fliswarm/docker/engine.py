@@ -268,6 +268,9 @@ class Engine:
         self.tls = dict(tls) if tls else None
         #: Why the last call failed (`None` after a success), for status and messages.
         self.last_failure: NodeError | None = None
+        #: Manifest digests found by image inspects, by (image id, repository): an image id's
+        #: digest in a repository never changes, so `status` inspects each image once.
+        self.image_digests: dict[tuple[str, str], str] = {}
         self._docker: aiodocker.Docker | None = None
         #: Calls in flight per client (by id), and clients to close once no call uses them.
         self._in_use: dict[int, int] = {}

@@ -46,13 +46,6 @@ __all__ = ["report_engine", "by_engine", "image_digest_of", "running_image"]
 log = logging.getLogger("fliswarm.docker.report")
 
 
-#: Manifest digests found by image inspects, by (engine, image id, repository). An image id's
-#: digest in a repository never changes: `status` inspects each image once per engine, not
-#: at every call.
-_DIGESTS: dict[tuple[str, str, str], str] = {}
-_DIGESTS_MAX = 1024
-
-
 def image_digest_of(image: Mapping[str, Any] | None, reference: str) -> str | None:
     """The manifest digest of an inspected image for the repository of ``reference``
     (pinned references carry it), `None` if the engine knows none (an image never pulled)."""
@@ -284,8 +277,9 @@ async def _write_images(
         return
     reference = str(found[0].get("Image") or "")
     image_id = str(found[0].get("ImageID") or "")
-    key = (node.daemon_addr, image_id, repository_of(reference))
-    digest = image_digest_of(None, reference) if "@" in reference else _DIGESTS.get(key)
+    known = node.engine.image_digests  # Each image inspected once per engine.
+    key = (image_id, repository_of(reference))
+    digest = image_digest_of(None, reference) if "@" in reference else known.get(key)
     if digest is None and "@" not in reference:
         try:
             image = await node.engine.inspect_image(image_id or reference)
@@ -293,9 +287,7 @@ async def _write_images(
             image = None
         digest = image_digest_of(image, reference)
         if digest is not None and image_id:
-            if len(_DIGESTS) >= _DIGESTS_MAX:
-                _DIGESTS.clear()
-            _DIGESTS[key] = digest
+            known[key] = digest
     wanted = image_digest_of(None, desired)
     value = [node.name, reference or "NA", digest or "NA", wanted or "NA", desired]
     report.info(image=value, validate=False)
