@@ -89,6 +89,9 @@ class FLISwarmActor(HardenedLegacyActor):
         #: How often fliswarm asked tron to connect to it (``hub startNubs``).
         self.tron_start_nubs_sent = 0
         self._started = False
+        #: What runs when a ``deploy`` or ``rollback`` runs (for the error of a second one),
+        #: `None` when none does: one at a time.
+        self.deploying: str | None = None
         #: Commands running, each with the tasks CLU started to run it (`parse_command`):
         #: what `stop` interrupts.
         self._in_flight: dict[Command, set[asyncio.Task]] = {}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -50,9 +49,6 @@ IDLE_TIMEOUT = 300.0
 #: How long a camera gets to answer its liveness command once its new container accepts
 #: connections.
 ANSWER_TIMEOUT = 20.0
-
-#: One ``deploy`` or ``rollback`` at a time per actor.
-_RUNNING: weakref.WeakKeyDictionary[FLISwarmActor, str] = weakref.WeakKeyDictionary()
 
 
 class _NodeFailed(Exception):
@@ -310,11 +306,10 @@ def _remember(
 
 def _claim(command: FLISwarmCommand, what: str) -> bool:
     actor = command.actor
-    running = _RUNNING.get(actor)
-    if running is not None:
-        command.fail(error=f"{running} is running: wait until it finishes.")
+    if actor.deploying is not None:  # One deploy or rollback at a time.
+        command.fail(error=f"{actor.deploying} is running: wait until it finishes.")
         return False
-    _RUNNING[actor] = what
+    actor.deploying = what
     return True
 
 
@@ -338,7 +333,7 @@ async def _run(
         )
         return
     finally:
-        _RUNNING.pop(command.actor, None)
+        command.actor.deploying = None
     command.finish(text=f"{what}: {', '.join(done)} done in {time.monotonic() - start:.1f} s.")
 
 
