@@ -9,7 +9,6 @@ directory (its runtime-state file is the test's own), restarted by one test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import os
@@ -33,7 +32,7 @@ from fliswarm.config.state import DeployedImage, NodeOverrides, RuntimeState, St
 from fliswarm.docker.registry import RegistryError, repository_of, resolve_digest, split_reference
 from fliswarm.docker.registry import pinned as pinned_reference
 from fliswarm_testbed.bed import Testbed
-from fliswarm_testbed.fixtures import cleanup_node
+from fliswarm_testbed.fixtures import cleanup_node, restored_bed
 from fliswarm_testbed.image import IMAGE_INPUTS_HASH, build_flicamera_image
 from fliswarm_testbed.oci import check_registry, push_image, write_image
 from fliswarm_testbed.rootfs import DEFAULT_CACHE_DIR
@@ -73,17 +72,7 @@ def push_variant(registry: str, tag: str, change: dict[str, Any], work: Path) ->
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Testbed]:
-    testbed = Testbed()
-    was_up = testbed.is_up()
-    testbed.up()
-    try:
-        yield testbed
-    finally:
-        with contextlib.suppress(Exception):
-            testbed.restore()
-        testbed._parallel(lambda node: cleanup_node(testbed, node))
-        if not was_up:
-            testbed.down()
+    yield from restored_bed()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 import yaml
 from test_operator_text import assert_plain
-from test_supervision import Swarm, recover_all
+from test_supervision import Swarm, recover_all, running_swarm
 
 from fliswarm.camera.device import NO_CAMERA, FlicameraDevice
 from fliswarm.camera.subcommand import SubCommand
@@ -31,7 +31,7 @@ from fliswarm.config.settings import LivenessSettings, Settings
 from fliswarm.supervision import NodeState
 from fliswarm.supervision.liveness import LivenessCounter, LivenessProbe
 from fliswarm_testbed.bed import Testbed
-from fliswarm_testbed.fixtures import cleanup_node
+from fliswarm_testbed.fixtures import restored_bed
 from fliswarm_testbed.image import ensure_flicamera_image
 
 
@@ -289,17 +289,7 @@ async def test_probe_reports_a_missing_camera_without_counting_a_failure():
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Testbed]:
-    testbed = Testbed()
-    was_up = testbed.is_up()
-    testbed.up()
-    try:
-        yield testbed
-    finally:
-        with contextlib.suppress(Exception):
-            testbed.restore()
-        testbed._parallel(lambda node: cleanup_node(testbed, node))
-        if not was_up:
-            testbed.down()
+    yield from restored_bed()
 
 
 @pytest.fixture(scope="module")
@@ -317,13 +307,8 @@ def config_path(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def swarm(bed: Testbed, config_path: Path) -> AsyncIterator[Swarm]:
-    await asyncio.to_thread(bed._parallel, lambda node: cleanup_node(bed, node))
-    swarm = Swarm(bed, config_path)
-    await swarm.start()
-    try:
+    async with running_swarm(bed, config_path) as swarm:
         yield swarm
-    finally:
-        await swarm.stop()
 
 
 async def set_paused(swarm: Swarm, name: str, paused: bool) -> None:

@@ -32,7 +32,7 @@ from fliswarm.provision.desired import desired_node
 from fliswarm.supervision import NodeState
 from fliswarm_testbed import tls as certs
 from fliswarm_testbed.bed import Testbed
-from fliswarm_testbed.fixtures import cleanup_node
+from fliswarm_testbed.fixtures import cleanup_node, restored_bed
 from fliswarm_testbed.image import ensure_flicamera_image
 
 
@@ -46,17 +46,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Testbed]:
-    testbed = Testbed()
-    was_up = testbed.is_up()
-    testbed.up()
-    try:
-        yield testbed
-    finally:
-        with contextlib.suppress(Exception):
-            testbed.restore()
-        testbed._parallel(lambda node: cleanup_node(testbed, node))
-        if not was_up:
-            testbed.down()
+    yield from restored_bed()
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +168,10 @@ class Swarm:
         return [" ".join(line.values("text")) for line in self.client.lines[since:]]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def swarm(bed: Testbed, config_path: Path) -> AsyncIterator[Swarm]:
+@contextlib.asynccontextmanager
+async def running_swarm(bed: Testbed, config_path: Path) -> AsyncIterator[Swarm]:
+    """fliswarm started on the bed's nodes, emptied of fliswarm's containers first."""
+
     await asyncio.to_thread(bed._parallel, lambda node: cleanup_node(bed, node))
     swarm = Swarm(bed, config_path)
     await swarm.start()
@@ -188,6 +180,12 @@ async def swarm(bed: Testbed, config_path: Path) -> AsyncIterator[Swarm]:
     finally:
         await swarm.stop()
         print(f"longest command during the faults: {swarm.longest[0]:.2f} s ({swarm.longest[1]})")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def swarm(bed: Testbed, config_path: Path) -> AsyncIterator[Swarm]:
+    async with running_swarm(bed, config_path) as swarm:
+        yield swarm
 
 
 @pytest.fixture()

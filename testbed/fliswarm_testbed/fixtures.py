@@ -15,6 +15,7 @@ Register them with ``pytest_plugins = ["fliswarm_testbed.fixtures"]``. All need 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import urllib.parse
@@ -34,6 +35,7 @@ __all__ = [
     "testbed_busybox",
     "Faults",
     "cleanup_node",
+    "restored_bed",
     "assert_routed_to_bed",
     "MANAGED_LABEL",
     "TEST_PREFIX",
@@ -60,6 +62,25 @@ def testbed() -> Iterator[Testbed]:
     try:
         yield bed
     finally:
+        if not was_up:
+            bed.down()
+
+
+def restored_bed() -> Iterator[Testbed]:
+    """The body (``yield from restored_bed()``) of a module-scoped ``bed`` fixture for tests
+    that inject faults: the default bed, brought up if needed; at the end, every fault undone
+    (`Testbed.restore`), fliswarm's containers removed from every node, and the bed taken
+    down if it was not up before."""
+
+    bed = Testbed()
+    was_up = bed.is_up()
+    bed.up()
+    try:
+        yield bed
+    finally:
+        with contextlib.suppress(Exception):
+            bed.restore()
+        bed._parallel(lambda node: cleanup_node(bed, node))
         if not was_up:
             bed.down()
 
