@@ -116,7 +116,7 @@ def add_unplug_signals() -> None:
     make_system = cli.get_mock_camera_system
 
     async def get_mock_camera_system(*args: object, **kwargs: object) -> object:
-        system = await make_system(*args, **kwargs)  # type: ignore[arg-type]
+        system = await make_system(*args, **kwargs)
         devices = system.lib.libc.devices
         known = {camera.name: camera.uid for camera in system.cameras}
         unplugged: list = []
