@@ -121,8 +121,6 @@ class LivenessProbe:
         self.may_check = may_check
         self.on_hung = on_hung
         self.on_camera = on_camera
-        #: What was last reported through ``on_camera``.
-        self.camera_missing: str | None = None
         self.counter = LivenessCounter(settings().failures)
         #: Checks sent, and the camera declared hung.
         self.checks = 0
@@ -235,13 +233,7 @@ class LivenessProbe:
             self._camera(device.camera_missing)
 
     def _camera(self, missing: str | None) -> None:
-        """Reports whether flicamera has its camera (logged when that changes)."""
+        """Reports whether flicamera has its camera (``on_camera``)."""
 
-        if missing != self.camera_missing:
-            self.camera_missing = missing
-            if missing is not None:
-                log.warning("%s: %s", self.name, missing)
-            else:
-                log.info("%s: flicamera has its camera again", self.name)
         if self.on_camera is not None:
             self.on_camera(missing)

@@ -197,8 +197,11 @@ class NodeReconciler:
 
         was, self.no_camera = self.no_camera, reason
         if reason is not None:
+            if was is None:
+                log.warning("%s: %s", self.name, reason)
             self._set(NodeState.DEGRADED, reason)
         elif was is not None:
+            log.info("%s: flicamera has its camera again", self.name)
             self.wake()
 
     def died(self, container: str) -> None:
