@@ -17,7 +17,7 @@ from helpers_actor import (
 )
 
 from fliswarm.actor import FLISwarmActor
-from fliswarm.commands.talk import expected_duration
+from fliswarm.camera.subcommand import expected_duration
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from fliswarm.config.settings import Timeouts
 
 
-__all__ = ["talk", "expected_duration", "default_timeout"]
+__all__ = ["talk", "default_timeout"]
 
 
 def default_timeout(timeouts: Timeouts, args: Sequence[str]) -> float:
