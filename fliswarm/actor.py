@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import inspect
 import logging
 import pathlib
 from typing import TYPE_CHECKING, Any
@@ -484,14 +483,7 @@ class FLISwarmActor(HardenedLegacyActor):
                 handler.close()
 
     async def _close_connections(self) -> None:
-        async def close_node(node: Any) -> None:
-            close = getattr(node, "close", None) or getattr(node, "disconnect", None)
-            if close is not None:
-                result = close()
-                if inspect.isawaitable(result):
-                    await asyncio.wait_for(result, 5)
-
         jobs = [device.stop() for device in self.flicameras.values()]
-        jobs += [close_node(node) for node in self.nodes.values()]
+        jobs += [asyncio.wait_for(node.close(), 5) for node in self.nodes.values()]
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 10)

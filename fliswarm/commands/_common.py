@@ -93,11 +93,11 @@ async def report_engine_nodes(command: FLISwarmCommand, nodes: list[Node]) -> No
     names = [actor.get_container_name(node) for node in nodes]
     settings = actor.settings
     images = [image_reference(settings.node_image(node.name), settings.registry) for node in nodes]
-    volumes = list(actor.config.get("volumes") or [])
-    ping_timeout = float(actor.config.get("ping_timeout") or 1.0)
+    volumes = list(settings.volumes)
     try:
         await asyncio.wait_for(
-            report_engine(command, nodes, names, volumes, ping_timeout, images=images), limit
+            report_engine(command, nodes, names, volumes, settings.ping_timeout, images=images),
+            limit,
         )
     except asyncio.TimeoutError:
         for node in nodes:

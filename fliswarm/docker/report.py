@@ -141,7 +141,7 @@ async def _answered(
         return (node_alive, False, *_lists_failure(lists, node))
     if lists.done() and not lists.cancelled() and not isinstance(lists.exception(), NodeError):
         return (node_alive, False, *_lists_failure(lists, node))
-    failure = getattr(node.engine, "last_failure", None)
+    failure: BaseException | None = node.engine.last_failure
     if lists.done() and not lists.cancelled() and isinstance(lists.exception(), NodeTLSError):
         failure = lists.exception()
     if isinstance(failure, NodeError):
