@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import aiodocker
 import aiohttp
 import pytest
 
+from fliswarm.docker import engine as engine_module
 from fliswarm.docker.containers import (
     LABEL_CONFIG_HASH,
     LABEL_IMAGE,
@@ -496,6 +498,41 @@ async def test_engine_restart_under_connected_node(bed, nodes):
     await asyncio.to_thread(bed.start_engine, node.name)
     assert await node.get_volume("nope") is False  # the very next call works
     assert await node.connected() is True
+
+
+def _engine_connections(addr: str) -> int:
+    """This process's established TCP connections to the engine at ``addr``:2375 (``ss``)."""
+
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", "dst", f"{addr}:2375"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout
+    return sum(f"pid={os.getpid()}," in line for line in out.splitlines())
+
+
+async def test_a_kept_connection_never_outlives_an_engine_restart(bed, monkeypatch):
+    """Calls reuse a connection idle for less than ``IDLE_REUSE`` seconds; an engine that
+    restarts closes it, so the first call after the restart works (kept far longer here
+    than the restart takes)."""
+
+    monkeypatch.setattr(engine_module, "IDLE_REUSE", 300.0)
+    name = bed.nodes[2].name
+    node = Node(name, bed.node(name).addr, daemon_addr=bed.node(name).docker_url)
+    try:
+        assert await node.get_volume("nope") is False
+        assert await node.get_volume("nope") is False
+        assert _engine_connections(node.addr) == 1  # kept, and reused by the second call
+
+        await asyncio.to_thread(bed.stop_engine, name)
+        await asyncio.to_thread(bed.start_engine, name)
+        assert await node.get_volume("nope") is False  # not a stale kept connection
+        assert await node.connected() is True
+    finally:
+        await node.close()
+        await asyncio.to_thread(bed.start_engine, name)  # at once if it runs
 
 
 #: The timeouts of the powered-off node (connect, ping): long, so that a call that waits on
