@@ -121,7 +121,9 @@ CAVEATS = """\
   `ping_timeout` (0.6 s here); fliswarm asks every engine at once and pings a node whose
   engine has not answered within 0.1 s, so a dead node costs it about 0.1 s plus the same
   `ping_timeout`, whatever the number of dead nodes. A factor of 10 from the very moment of
-  the power-off is out of reach for any actor that checks before it answers. The rows "once
+  the power-off is out of reach for any actor that honours `ping_timeout` ("how long to wait
+  for a node to answer ping before it is reported down"): one dead node costs any such actor
+  at least 0.6 s, about the original's whole time for it. The rows "once
   fliswarm has marked ..." are the same command a few seconds later (the run prints when the
   supervisor reported the nodes offline), when fliswarm answers from its supervision state;
   likewise the "network cut" row, 6 s after the cut.

@@ -24,7 +24,7 @@ from fliswarm_testbed.image import start_flicamera_on_host
 from fliswarm_testbed.procs import stop_subprocesses
 
 
-__all__ = ["session_floor", "floor_note"]
+__all__ = ["session_floor", "floor_note", "relay_floor_note"]
 
 
 async def _listening(port: int, deadline: float) -> float:
@@ -65,6 +65,20 @@ async def session_floor(bench: Bench) -> None:
 
     bench.results.add("floor_one", "bare", await start_all(1))
     bench.results.add("floor_all", "bare", await start_all(len(bench.names)))
+
+
+def relay_floor_note(bench: Bench) -> str | None:
+    """The note on the floor under a ``talk`` round trip, `None` if it was not measured."""
+
+    least = bench.results.samples.get("relay_floor_ms", {}).get("bare")
+    if not least:
+        return None
+    return (
+        "Floor under a `talk` round trip on this machine: the least relay there is "
+        "(`benchmarks/relay_floor.py`: the command line in, JSON to flicamera, each reply line "
+        f"out; no command parser, no log, no framework) adds {statistics.median(least):.2f} ms "
+        f"(median of {len(least)}, measured interleaved with both actors)."
+    )
 
 
 def floor_note(bench: Bench) -> str | None:

@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -541,6 +541,29 @@ class Client:
         self._task.cancel()
         with contextlib.suppress(BaseException):
             await self._task
+
+
+@contextlib.asynccontextmanager
+async def relay_floor(host: str) -> AsyncIterator[Client]:
+    """A client of the least relay there is (`relay_floor.py`) to the flicamera at ``host``,
+    run as its own process like the actors; stopped on exit."""
+
+    script = Path(__file__).with_name("relay_floor.py")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), host, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(await asyncio.wait_for(proc.stdout.readline(), 30))
+        client = await Client.connect(port)
+        try:
+            yield client
+        finally:
+            await client.close()
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
 
 
 async def json_roundtrip(host: str, port: int, command: str, n: int) -> list[float]:

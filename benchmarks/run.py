@@ -190,9 +190,9 @@ async def _run(args: argparse.Namespace, bed: Testbed, image: str) -> tuple[Resu
 
         counts = await scale.run_scale(bench, args.scale_counts)
     await asyncio.to_thread(harness.clean_nodes, bed)
-    note = floor.floor_note(bench)
-    if note:
-        results.note(note)
+    for note in (floor.floor_note(bench), floor.relay_floor_note(bench)):
+        if note:
+            results.note(note)
     return results, counts
 
 

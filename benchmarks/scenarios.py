@@ -221,13 +221,17 @@ async def relay(bench: Bench, kind: str, actor: ActorProcess, client: Client) ->
     r = bench.results
     node = bench.bed.node(bench.names[0])
     n = _repeat(bench, 300, 30)
-    # Interleaved: one round trip straight to flicamera, one through the actor.
-    direct, relayed = [], []
-    for _ in range(n):
-        direct += await harness.json_roundtrip(node.addr, 19995, "status", 1)
-        relayed.append(await timed(client, f"talk -n {node.name} status"))
+    # Interleaved: one round trip straight to flicamera, one through the actor, one through
+    # the least relay there is (the floor, `relay_floor.py`).
+    direct, relayed, least = [], [], []
+    async with harness.relay_floor(node.addr) as floor_client:
+        for _ in range(n):
+            direct += await harness.json_roundtrip(node.addr, 19995, "status", 1)
+            relayed.append(await timed(client, f"talk -n {node.name} status"))
+            least.append(await timed(floor_client, f"talk -n {node.name} status"))
     added = (statistics.median(relayed) - statistics.median(direct)) * 1000
     r.add("relay_added_ms", kind, added)
+    r.add("relay_floor_ms", "bare", (statistics.median(least) - statistics.median(direct)) * 1000)
 
     # Throughput and CPU per relayed line: concurrent ``talk status`` (every node).
     async def run(total: int, text: Any) -> int:
