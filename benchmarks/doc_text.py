@@ -42,7 +42,10 @@ cleanly (actors and flicamera processes stopped, bed down).
   "all talking" the time from sending it until `talk status` is answered by every camera.
   Then `talk`, `status` with every node up, and the relay: `talk -n <node> status`
   round trips interleaved with the same `status` sent straight to that flicamera (the
-  difference of the medians is what the actor adds), then 20 concurrent `talk status` loops
+  difference of the medians is what the actor adds) and through the least relay there is
+  (`benchmarks/relay_floor.py`, its own process: the line in, JSON to flicamera, each reply
+  line out, no parser, log or framework; the note "Floor under a `talk` round trip"), then
+  20 concurrent `talk status` loops
   (700 commands to every node; 60 in smoke mode) for the relayed lines per second and the
   actor's CPU time per relayed line, then 5,000 `talk -n <node> status` (300 in smoke mode)
   for the actor's RSS growth.
