@@ -14,7 +14,7 @@ from typing import Any
 from fliswarm.docker.containers import LABEL_MANAGED, LABEL_NODE
 from fliswarm.docker.node import Node
 from fliswarm.docker.report import by_engine, report_engine
-from fliswarm.exceptions import NodeTLSError, NodeUnreachableError
+from fliswarm.exceptions import NodeError, NodeTLSError, NodeUnreachableError
 
 
 class CountingEngine:
@@ -25,6 +25,7 @@ class CountingEngine:
         self.calls: dict[str, int] = {"ping": 0, "containers": 0, "volumes": 0}
         self.filters: list[dict[str, list[str]]] = []
         self.last_error: str | None = None
+        self.last_failure: NodeError | None = None  # As `Engine`: why the last call failed.
 
     async def ping(self, timeout: float | None = None) -> bool:
         self.calls["ping"] += 1
