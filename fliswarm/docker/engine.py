@@ -19,8 +19,8 @@ The only module of the actor that uses aiodocker (and aiohttp). `Engine` owns an
   no call meets a stale connection. A call on a kept connection to a node just powered
   off or cut off fails after the connect timeout, as on a new connection (the socket's
   ``TCP_USER_TIMEOUT``). After a connection error the whole client session is re-created.
-  An engine made ``pooled`` (the heartbeat of `.events.EventWatcher`) keeps its one
-  connection open between pings (a stale one fails one ping).
+  The heartbeat of `.events.EventWatcher` pings more often than that, so its pings share
+  one connection.
 
 Calls go through aiodocker's public API and return the engine's JSON as plain dicts. The
 few Engine API calls aiodocker 0.27 has no public method for go through `_gap` (and only
@@ -81,9 +81,9 @@ _NO_CONNECTION = 900
 KEEPALIVE = (2, 1, 2)
 
 #: Seconds an idle HTTP connection to an engine is kept for the next call (aiohttp's
-#: ``keepalive_timeout``), except for a ``pooled`` engine (aiohttp's default, 15 s). Far
-#: shorter than any power cycle (see the module). Each call on a kept connection saves
-#: the TCP connection set-up: about a fifth of ``status``'s time with every node up.
+#: ``keepalive_timeout``). Far shorter than any power cycle (see the module). Each call on
+#: a kept connection saves the TCP connection set-up: about a fifth of ``status``'s time
+#: with every node up, and a third of the heartbeat's CPU (`.events.HEARTBEAT`).
 IDLE_REUSE = 2.0
 
 #: The fields of a container in the engine's container list (``ContainerSummary`` of the
@@ -252,10 +252,6 @@ class Engine:
         ``{ca, cert, key}`` file paths: the SSL context is made from them on first use (a
         file problem then fails the call with `.NodeTLSError`, and the next call tries
         again). With TLS, the engine is never tried over plain TCP.
-    pooled
-        Whether successive calls reuse one kept-open HTTP connection (a third of the CPU
-        of a fresh connection per call): for the heartbeat of `.events.EventWatcher`,
-        whose engine makes no other call. A connection error still replaces the client.
     """
 
     def __init__(
@@ -266,10 +262,8 @@ class Engine:
         request_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
         tls: Mapping[str, str] | None = None,
-        pooled: bool = False,
     ) -> None:
         self.node = node
-        self.pooled = pooled
         self.url = url
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
@@ -294,24 +288,20 @@ class Engine:
             sock_connect=self.connect_timeout,
         )
 
-    def _new_client(
-        self, ssl_context: ssl.SSLContext | None, pooled: bool = False
-    ) -> aiodocker.Docker:
-        """A client with its own session: idle connections kept `IDLE_REUSE` seconds, or
-        with ``pooled`` one HTTP connection kept open and reused by successive requests."""
+    def _new_client(self, ssl_context: ssl.SSLContext | None) -> aiodocker.Docker:
+        """A client with its own session, idle connections kept `IDLE_REUSE` seconds."""
 
         url = self.url
         if ssl_context is not None and url.startswith("tcp://"):
             url = "https://" + url[len("tcp://") :]
-        reuse: dict[str, Any] = {"limit": 1} if pooled else {"keepalive_timeout": IDLE_REUSE}
         connector: aiohttp.BaseConnector
         if url.startswith("unix://"):
-            connector = aiohttp.UnixConnector(url[len("unix://") :], **reuse)
+            connector = aiohttp.UnixConnector(url[len("unix://") :], keepalive_timeout=IDLE_REUSE)
         else:
             connector = aiohttp.TCPConnector(
                 ssl=ssl_context if ssl_context else False,
                 socket_factory=self._socket,
-                **reuse,
+                keepalive_timeout=IDLE_REUSE,
             )
         timeout = self._timeouts()
         session = aiohttp.ClientSession(connector=connector, timeout=timeout)
@@ -335,7 +325,7 @@ class Engine:
         if self._docker is None:
             if self.ssl_context is None and self.tls:
                 self.ssl_context = make_ssl_context(self.tls, self.node)
-            self._docker = self._new_client(self.ssl_context, self.pooled)
+            self._docker = self._new_client(self.ssl_context)
         return self._docker
 
     @staticmethod

@@ -3,11 +3,11 @@
 The watcher subscribes to the engine's ``/events`` (container ``die``, ``oom``, ``kill``,
 ``start`` and ``destroy`` of fliswarm's containers, by label) and hands each event to a
 callback. While subscribed, a heartbeat (`HEARTBEAT`) asks the engine ``GET /_ping`` every
-1.5 s with a 1 s timeout, on one kept-open connection: an event stream whose peer goes
-silent (network cut, node powered off: packets dropped, the stream just stops without an
-error) is declared lost after two unanswered pings in a row, within `HEARTBEAT_LIMIT`
-(3.5) seconds. The heartbeat is the one
-mechanism that notices a silent engine (the stream has no TCP keep-alive of its own).
+1.5 s with a 1 s timeout, on one connection kept between pings (`.engine.IDLE_REUSE`): an
+event stream whose peer goes silent (network cut, node powered off: packets dropped, the
+stream just stops without an error) is declared lost after two unanswered pings in a row,
+within `HEARTBEAT_LIMIT` (3.5) seconds. The heartbeat is the one mechanism that notices a
+silent engine (the stream has no TCP keep-alive of its own).
 
 When the stream ends (engine stopped), breaks or the heartbeat fails, the watcher reports
 the loss and subscribes again, with a back-off capped at `RESUBSCRIBE_MAX` seconds: each
@@ -46,6 +46,7 @@ EVENT_FILTERS: dict[str, list[str]] = {
 
 #: The heartbeat of a live subscription: seconds between two engine pings, seconds each
 #: ping may take, and how many pings in a row may fail before the link is declared lost.
+#: The interval is shorter than `.engine.IDLE_REUSE`, so the pings share one connection.
 HEARTBEAT = (1.5, 1.0, 2)
 
 #: The longest a silent engine goes unnoticed: a ping interval, then the failed pings.
@@ -103,14 +104,13 @@ class EventWatcher:
         self.connect_timeout = connect_timeout
         self.tls = tls
         #: The engine the stream comes from and the heartbeat asks (its own: a stream holds
-        #: a connection; the heartbeat's pings reuse one kept-open connection).
+        #: a connection; the heartbeat's pings reuse one connection, see `HEARTBEAT`).
         self.engine = Engine(
             node,
             url,
             connect_timeout=connect_timeout,
             request_timeout=connect_timeout,
             tls=tls,
-            pooled=True,
         )
         self.backoff = backoff or Backoff(0.25, RESUBSCRIBE_MAX, 2.0, 0.25)
         self.heartbeat = heartbeat
