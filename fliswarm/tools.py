@@ -15,6 +15,7 @@ __all__ = [
     "FakeCommand",
     "Reporter",
     "Backoff",
+    "wait_set",
     "subprocess_run_async",
     "split_names",
 ]
@@ -213,6 +214,22 @@ async def subprocess_run_async(
     proc.stdout_data = stdout  # type: ignore[attr-defined]
     proc.stderr_data = stderr  # type: ignore[attr-defined]
     return proc
+
+
+async def wait_set(event: asyncio.Event, timeout: float) -> None:
+    """Waits until ``event`` is set, at most ``timeout`` seconds; never raises a time-out.
+
+    Not ``wait_for``: on Python 3.11 it swallows a cancellation that comes while the event is
+    being set, and a loop waiting on it (a reconciler, an event watcher) then never stops.
+    """
+
+    if event.is_set():
+        return
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
 
 
 class Backoff:

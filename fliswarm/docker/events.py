@@ -30,7 +30,7 @@ from typing import Any
 from fliswarm.docker.containers import LABEL_MANAGED
 from fliswarm.docker.engine import Engine
 from fliswarm.exceptions import DockerAPIError, NodeError
-from fliswarm.tools import Backoff
+from fliswarm.tools import Backoff, wait_set
 
 
 __all__ = ["EventWatcher", "EVENT_FILTERS", "HEARTBEAT", "HEARTBEAT_LIMIT", "RESUBSCRIBE_MAX"]
@@ -159,18 +159,8 @@ class EventWatcher:
                 self._reported_down = True
                 log.info("%s: event stream lost: %s", self.node, reason)
                 self.on_lost(reason)
-            await self._pause(self.backoff.next())
-
-    async def _pause(self, seconds: float) -> None:
-        """Waits ``seconds`` before the next attempt, less if `poke` asks for one."""
-
-        if not self._poked.is_set():
-            waiter = asyncio.ensure_future(self._poked.wait())
-            try:
-                await asyncio.wait({waiter}, timeout=seconds)
-            finally:
-                waiter.cancel()
-        self._poked.clear()
+            await wait_set(self._poked, self.backoff.next())  # Less if `poke` asks.
+            self._poked.clear()
 
     async def _subscribe_once(self) -> str:
         """One subscription: returns why it ended (never raises but for cancellation)."""

@@ -20,7 +20,7 @@ from fliswarm.docker.containers import auto_removed, made_by_fliswarm, short_id
 from fliswarm.exceptions import NodeError, PingError
 from fliswarm.provision import ProvisionError, Request
 from fliswarm.provision.desired import DesiredNode, container_drift, desired_node
-from fliswarm.tools import Backoff
+from fliswarm.tools import Backoff, wait_set
 
 from .liveness import LivenessProbe
 from .state import NodeState, NodeStatus, not_managed, should_restart
@@ -53,22 +53,6 @@ SILENT_PING = 0.5
 #: How many of the last lines of a container's output go to fliswarm's log before the
 #: container is restarted after a failure (crash, hang).
 EVIDENCE_LINES = 50
-
-
-async def _wait_set(event: asyncio.Event, timeout: float) -> None:
-    """Waits until ``event`` is set, at most ``timeout`` seconds.
-
-    Not ``wait_for``: on Python 3.11 it swallows a cancellation that comes while the event is
-    being set, and the reconciler then never stops.
-    """
-
-    if event.is_set():
-        return
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({waiter}, timeout=timeout)
-    finally:
-        waiter.cancel()
 
 
 class Outcome(enum.Enum):
@@ -248,10 +232,10 @@ class NodeReconciler:
         while True:
             now = self._loop_time()
             wait = safety if retry_at is None else max(0.0, retry_at - now)
-            await _wait_set(self.wake_event, wait)
+            await wait_set(self.wake_event, wait)
             hold = self._not_before - self._loop_time()
             if hold > 0 and not self._stopping:  # Back-off: events meanwhile make one step.
-                await _wait_set(self._released, hold)  # Unless the engine is back.
+                await wait_set(self._released, hold)  # Unless the engine is back.
             self._released.clear()
             if self._stopping:
                 return
